@@ -1,0 +1,3 @@
+from agentwire.cli import main
+
+raise SystemExit(main())

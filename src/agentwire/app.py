@@ -1,0 +1,167 @@
+"""The ASGI application: REST API, SSE and WebSocket streams, the dashboard, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentwire import tasks
+from agentwire.auth import TokenAuth
+from agentwire.config import Config
+from agentwire.console import Console
+from agentwire.console import api as console_api
+from agentwire.hub import Hub
+from agentwire.journal import Journal, open_journal
+from agentwire.metrics import Metrics
+from agentwire.sse import stream_response
+from agentwire.types import TASKS_STREAM, AgentwireError
+
+log = logging.getLogger("agentwire")
+
+
+@dataclass
+class Context:
+    """Everything a request handler may need, built once per app."""
+
+    config: Config
+    journal: Journal
+    hub: Hub
+    metrics: Metrics
+    board: tasks.Board
+    console: Console
+
+
+def ctx(request: Request) -> Context:
+    context: Context = request.app.state.ctx
+    return context
+
+
+class BodyTooLarge(AgentwireError):
+    status = 413
+    code = "body_too_large"
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413, by Content-Length or by counting what arrives."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                response = JSONResponse(BodyTooLarge(f"request body over {self.limit} bytes").body(), 413)
+                await response(scope, receive, send)
+                return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLarge(f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _field_name(location: tuple[object, ...]) -> str:
+    parts = [str(part) for part in location if part not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
+    journal = journal or open_journal(config.journal, retention=config.retention)
+    metrics = Metrics()
+    hub = Hub(journal, metrics, buffer_limit=config.buffer_limit)
+    board = tasks.Board(hub)
+    console = Console(hub, board, config)
+    context = Context(config, journal, hub, metrics, board, console)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await journal.start()
+        await console.start()
+        try:
+            yield
+        finally:
+            hub.close()
+            await console.close()
+            await journal.close()
+
+    app = FastAPI(title="agentwire", version="1", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
+    app.state.ctx = context
+
+    @app.exception_handler(AgentwireError)
+    async def agentwire_error(request: Request, exc: AgentwireError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+        field = _field_name(tuple(first.get("loc", ())))
+        message = f"{field}: {first.get('msg', 'invalid')}"
+        errors = [{"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"error": {"code": "validation_error", "message": message, "field": field,
+                                       "errors": errors}}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+
+    app.include_router(tasks.router(lambda request: ctx(request).board))
+    app.include_router(console_api.router(lambda request: ctx(request).console))
+
+    @app.get("/api/stream/tasks", tags=["streams"])
+    async def stream_tasks(request: Request) -> Response:
+        c = ctx(request)
+        return await stream_response(request, c.hub, TASKS_STREAM, heartbeat=c.config.heartbeat,
+                                     retry_ms=c.config.retry_ms, default_at_head=True)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz(request: Request) -> JSONResponse:
+        c = ctx(request)
+        try:
+            await c.journal.ping()
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "journal": c.journal.url.split("://")[0],
+                                 "error": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok", "journal": c.journal.url.split("://")[0],
+                             "streams_open": c.hub.subscription_count})
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus(request: Request) -> Response:
+        return Response(ctx(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+    web = resources.files("agentwire") / "web"
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> Response:
+        index = web / "index.html"
+        if not index.is_file():
+            return JSONResponse({"error": {"code": "no_dashboard", "message": "dashboard not built"}}, 404)
+        return FileResponse(str(index), headers={"cache-control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=str(web), check_dir=False), name="static")
+
+    wrapped = app
+    app.add_middleware(BodyLimit, limit=config.max_body)
+    app.add_middleware(TokenAuth, token=None if config.no_auth else config.token)
+    return wrapped

@@ -1,0 +1,99 @@
+"""One settings object, loaded once: from `agentwire serve` flags, each with an AGENTWIRE_* twin."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shlex
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    journal: str = "sqlite:///data/agentwire.db"
+    token: str | None = None  # None with auth on: one is generated at start and printed
+    no_auth: bool = False
+    heartbeat: float = 15.0
+    retention: int = 0  # events kept per stream; 0 keeps everything
+    workers: int = 1
+    retry_ms: int = 1000  # the SSE `retry:` the browser waits before its own reconnect
+    buffer_limit: int = 1 << 20  # per-subscriber outgoing bytes before a slow consumer is cut
+    max_body: int = 1 << 20  # request bodies
+    max_message: int = 100_000  # characters in a user message
+    max_subscriptions: int = 100  # streams on one WebSocket
+    provider: str = "scripted"
+    model: str | None = None
+    cli_command: list[str] = field(default_factory=lambda: ["claude", "-p", "--output-format", "stream-json",
+                                                            "--include-partial-messages", "--verbose"])
+    quick_pool: int = 2  # warm workers kept for quick turns
+    lease_seconds: float = 10.0  # turn ownership lease (shared journals)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.no_auth and not is_loopback(self.host):
+            raise ConfigError(f"--no-auth is refused on a non-loopback address ({self.host}): use a token")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be 1-65535, got {self.port}")
+        if self.heartbeat <= 0:
+            raise ConfigError("--heartbeat must be a positive number of seconds")
+        if self.retention < 0:
+            raise ConfigError("--retention must be 0 (keep all) or a positive number of events")
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
+        if self.workers > 1 and not self.journal.startswith("redis://"):
+            raise ConfigError(
+                f"--workers {self.workers} needs a journal every worker shares: use --journal redis://…"
+                f" (the {self.journal.split(':', 1)[0]} journal belongs to one process)"
+            )
+        if not self.no_auth and not self.token:
+            self.token = secrets.token_urlsafe(24)
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def login_url(self) -> str:
+        return self.base_url + "/" + ("" if self.no_auth else f"?token={self.token}")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+ENV = {
+    "host": "AGENTWIRE_HOST", "port": "AGENTWIRE_PORT", "journal": "AGENTWIRE_JOURNAL",
+    "token": "AGENTWIRE_TOKEN", "no_auth": "AGENTWIRE_NO_AUTH", "heartbeat": "AGENTWIRE_HEARTBEAT",
+    "retention": "AGENTWIRE_RETENTION", "workers": "AGENTWIRE_WORKERS", "provider": "AGENTWIRE_PROVIDER",
+    "model": "AGENTWIRE_MODEL", "cli_command": "AGENTWIRE_CLI_COMMAND", "log_level": "AGENTWIRE_LOG_LEVEL",
+    "lease_seconds": "AGENTWIRE_LEASE_SECONDS", "buffer_limit": "AGENTWIRE_BUFFER_LIMIT",
+}
+
+
+def env_default(name: str, default: object) -> object:
+    """The environment twin of a flag, parsed to the flag's type; the flag itself still wins."""
+    raw = os.environ.get(ENV[name])
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, list):
+        return shlex.split(raw)
+    return raw

@@ -1,0 +1,99 @@
+"""HTTP routes of the console (`/api/konsole/...`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from agentwire.console.runtime import Console, Lane, SessionIn, check_session_name
+from agentwire.console.transcript import TERMINAL, CatchUpFold
+from agentwire.sse import stream_response
+from agentwire.types import JSON, KONSOLE_PREFIX, Event
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Size is checked by the console (413 over the limit, 422 when empty), not here.
+    message: str
+    if_busy: Literal["queue", "reject"] | None = None
+
+
+class CancelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    turn: Annotated[str, Field(max_length=100)] | None = None
+
+
+def router(console_of: Callable[[Request], Console]) -> APIRouter:
+    api = APIRouter(prefix="/api/konsole", tags=["console"])
+
+    @api.get("")
+    async def list_sessions(request: Request) -> JSON:
+        return {"sessions": await console_of(request).list_sessions()}
+
+    @api.post("", status_code=201)
+    async def create_session(request: Request, body: SessionIn) -> JSONResponse:
+        return JSONResponse(await console_of(request).create_session(body), status_code=201)
+
+    @api.get("/{session}")
+    async def get_session(request: Request, session: str) -> JSON:
+        return await console_of(request).session(session)
+
+    async def start(request: Request, session: str, body: MessageIn, lane: Lane,
+                    if_busy: str | None) -> Response:
+        console = console_of(request)
+        check_session_name(session)
+        turn = await console.submit(session, body.message, lane, body.if_busy or if_busy or "queue")
+        assert turn.first_event is not None
+        turn_id = turn.id
+
+        def mine(event: Event) -> bool:
+            return event.turn == turn_id
+
+        def last(event: Event) -> bool:
+            return event.turn == turn_id and event.type in TERMINAL
+
+        response = await stream_response(
+            request, console.hub, turn.stream, heartbeat=console.config.heartbeat,
+            retry_ms=console.config.retry_ms, after=turn.first_event.seq - 1, only=mine, until=last)
+        response.headers["x-agentwire-turn"] = turn_id
+        return response
+
+    @api.post("/{session}/stream")
+    async def stream_turn(request: Request, session: str, body: MessageIn,
+                          if_busy: Literal["queue", "reject"] | None = None) -> Response:
+        return await start(request, session, body, "main", if_busy)
+
+    @api.post("/{session}/quick")
+    async def quick_turn(request: Request, session: str, body: MessageIn) -> Response:
+        return await start(request, session, body, "quick", None)
+
+    @api.get("/{session}/events")
+    async def events(request: Request, session: str,
+                     fold: Annotated[int, Query(ge=0, le=1)] = 0) -> Response:
+        console = console_of(request)
+        await console.session(session)
+        return await stream_response(request, console.hub, KONSOLE_PREFIX + session,
+                                     heartbeat=console.config.heartbeat, retry_ms=console.config.retry_ms,
+                                     replay=CatchUpFold() if fold else None)
+
+    @api.get("/{session}/state")
+    async def state(request: Request, session: str) -> JSON:
+        return await console_of(request).state(session)
+
+    @api.get("/{session}/messages")
+    async def messages(request: Request, session: str) -> JSON:
+        console = console_of(request)
+        await console.session(session)
+        view = await console.view(session)
+        return {"session": session, "seq": view.seq, "messages": view.entries, "todos": view.todos}
+
+    @api.post("/{session}/cancel")
+    async def cancel(request: Request, session: str, body: Annotated[CancelIn | None, Body()] = None) -> JSON:
+        return await console_of(request).cancel(session, body.turn if body else None)
+
+    return api

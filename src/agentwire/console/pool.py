@@ -1,0 +1,81 @@
+"""Warm workers for quick turns: providers made (and, where they can, warmed up) before they are needed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import orjson
+
+from agentwire.providers import Provider, make_provider
+from agentwire.types import JSON
+
+log = logging.getLogger("agentwire.pool")
+
+
+def _key(provider: str, model: str | None, options: JSON) -> str:
+    return orjson.dumps([provider, model, options], option=orjson.OPT_SORT_KEYS).decode()
+
+
+class WarmPool:
+    """Keeps up to `size` idle, warmed providers per (provider, model, options).
+
+    A worker serves one quick turn and is then closed: a quick turn has its own context, so nothing
+    of one may leak into the next. The pool refills in the background after each acquire.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._idle: dict[str, list[Provider]] = {}
+        self._filling: set[asyncio.Task[None]] = set()
+
+    async def acquire(self, provider: str, model: str | None, options: JSON) -> Provider:
+        key = _key(provider, model, options)
+        idle = self._idle.setdefault(key, [])
+        worker = idle.pop() if idle else None
+        self._refill(key, provider, model, options)
+        if worker is None:
+            worker = make_provider(provider, model, options)
+            await _warm(worker)
+        return worker
+
+    def prewarm(self, provider: str, model: str | None, options: JSON) -> None:
+        self._refill(_key(provider, model, options), provider, model, options)
+
+    def _refill(self, key: str, provider: str, model: str | None, options: JSON) -> None:
+        if self.size <= 0:
+            return
+
+        async def fill() -> None:
+            idle = self._idle.setdefault(key, [])
+            while len(idle) < self.size:
+                worker = make_provider(provider, model, options)
+                try:
+                    await _warm(worker)
+                except Exception:
+                    log.warning("could not warm a %s worker", provider, exc_info=True)
+                    await worker.close()
+                    return
+                idle.append(worker)
+
+        task = asyncio.create_task(fill())
+        self._filling.add(task)
+        task.add_done_callback(self._filling.discard)
+
+    async def close(self) -> None:
+        for task in tuple(self._filling):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        for idle in self._idle.values():
+            for worker in idle:
+                with contextlib.suppress(Exception):
+                    await worker.close()
+        self._idle.clear()
+
+
+async def _warm(worker: Provider) -> None:
+    warm = getattr(worker, "warm", None)
+    if warm is not None:
+        await warm()

@@ -1,0 +1,342 @@
+"""The console runtime: sessions, the main lane (one turn at a time, the rest queue) and the quick
+lane (at once, on a warm pooled worker with its own context), cancellation and restart recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentwire.config import Config
+from agentwire.console.pool import WarmPool
+from agentwire.console.tools import Tools
+from agentwire.console.transcript import Transcript
+from agentwire.console.turn import Turn, TurnRunner
+from agentwire.hub import Hub
+from agentwire.providers import ProviderError, check_provider, make_provider
+from agentwire.tasks import Board, iso_now
+from agentwire.types import JSON, KONSOLE_PREFIX, AgentwireError, Append, Conflict, Doc, Event, NotFound
+
+log = logging.getLogger("agentwire.console")
+
+SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+Lane = Literal["main", "quick"]
+
+
+class SessionOptions(BaseModel):
+    """Per-session agent options. Scripted: size and speed of its turns; cli: the command to run."""
+
+    model_config = ConfigDict(extra="forbid")
+    deltas: Annotated[int, Field(ge=1, le=200_000)] | None = None
+    delay_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None
+    tool_calls: Annotated[int, Field(ge=0, le=50)] | None = None
+    thinking: bool | None = None
+    fail_at: Annotated[int, Field(ge=0)] | None = None
+    command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=200_000)] | None = None
+    thinking_budget: Annotated[int, Field(ge=0, le=200_000)] | None = None
+
+
+class SessionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(pattern=SESSION_NAME.pattern)] | None = None
+    provider: str | None = None
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    system: Annotated[str, Field(max_length=50_000)] | None = None
+    options: SessionOptions = SessionOptions()
+
+
+def check_session_name(name: str) -> str:
+    if not SESSION_NAME.match(name):
+        raise AgentwireError(
+            f"bad session name {name[:80]!r}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit",
+            code="bad_session_name", status=422, field="session")
+    return name
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+@dataclass
+class _Lanes:
+    main: Turn | None = None
+    queue: deque[Turn] = field(default_factory=deque)
+    running: dict[str, Turn] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+
+class Console:
+    def __init__(self, hub: Hub, board: Board, config: Config) -> None:
+        self.hub = hub
+        self.board = board
+        self.config = config
+        self.tools = Tools(board)
+        self.pool = WarmPool(config.quick_pool)
+        self.node = new_id("node")
+        self._lanes: dict[str, _Lanes] = {}
+        self._views: dict[str, Transcript] = {}
+        board.on_choose = self._on_choose
+
+    async def start(self) -> None:
+        await self.recover_interrupted()
+
+    async def close(self) -> None:
+        """Server shutdown: running turns end as interrupted (their events still reach the journal)."""
+        tasks = [task for lanes in self._lanes.values() for task in lanes.tasks.values()]
+        for lanes in self._lanes.values():
+            for turn in lanes.running.values():
+                turn.cancel_reason = "interrupted"
+            lanes.queue.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 2)
+        await self.pool.close()
+
+    async def recover_interrupted(self) -> None:
+        """Turns left open by a server that died are marked failed, so no viewer waits forever."""
+        for doc in await self.hub.journal.list_docs("turn"):
+            if doc.get("node") == self.node:
+                continue
+            await self.hub.append(Append(KONSOLE_PREFIX + doc["session"], "turn.failed", {"error": "interrupted"},
+                                         turn=doc["id"], lane=doc.get("lane", "main"),
+                                         doc=Doc("turn", doc["id"], None)))
+            log.info("turn %s of %s was interrupted by a restart", doc["id"], doc["session"])
+
+    # sessions
+
+    async def create_session(self, body: SessionIn) -> JSON:
+        name = body.name or new_id("s")
+        provider = body.provider or self.config.provider
+        info = check_provider(provider)
+        if await self.hub.journal.get_doc("session", name) is not None:
+            raise Conflict(f"session {name!r} exists", code="session_exists")
+        options = body.options.model_dump(exclude_none=True)
+        if provider == "cli" and "command" not in options:
+            options["command"] = list(self.config.cli_command)
+        session: JSON = {"name": name, "provider": provider,
+                         "model": body.model or (provider == self.config.provider and self.config.model) or info.default_model,
+                         "system": body.system or "", "options": options, "createdAt": iso_now()}
+        await self.hub.append(Append(KONSOLE_PREFIX + name, "session.created", {"session": session},
+                                     doc=Doc("session", name, session)))
+        if self.config.quick_pool:
+            self.pool.prewarm(provider, session["model"], options)
+        return session
+
+    async def session(self, name: str, *, create: bool = False) -> JSON:
+        check_session_name(name)
+        found = await self.hub.journal.get_doc("session", name)
+        if found is not None:
+            return found
+        if not create:
+            raise NotFound(f"no session named {name!r}", code="session_not_found")
+        try:
+            return await self.create_session(SessionIn(name=name))
+        except Conflict:  # created by a concurrent request
+            found = await self.hub.journal.get_doc("session", name)
+            assert found is not None
+            return found
+
+    async def list_sessions(self) -> list[JSON]:
+        sessions = sorted(await self.hub.journal.list_docs("session"), key=lambda s: s["createdAt"])
+        listed = []
+        for session in sessions:
+            view = await self.view(session["name"])
+            listed.append({**session, "agent_state": view.state.get("agent_state", "idle"),
+                           "head": view.seq, "open_turns": len(view.open_turns())})
+        return listed
+
+    async def view(self, name: str) -> Transcript:
+        """The session's fold, brought up to the journal's head (cached; only new events are read)."""
+        view = self._views.setdefault(name, Transcript())
+        while True:
+            page = await self.hub.journal.read(KONSOLE_PREFIX + name, view.seq, 1000)
+            for event in page:
+                view.apply(event)
+            if len(page) < 1000:
+                return view
+
+    async def state(self, name: str) -> JSON:
+        await self.session(name)
+        view = await self.view(name)
+        position = await self.hub.journal.position(KONSOLE_PREFIX + name)
+        lanes = self._lanes.get(name, _Lanes())
+        return {
+            **view.state, "session": name, "todos": view.todos, "usage": view.usage,
+            "running": [_turn_json(t) for t in view.open_turns() if t.status == "running"],
+            "queued": [_turn_json(t) for t in view.open_turns() if t.status == "queued"],
+            "local_queue": [t.id for t in lanes.queue], "epoch": position.epoch, "head": position.head,
+        }
+
+    # turns
+
+    def check_message(self, message: str) -> str:
+        if not message.strip():
+            raise AgentwireError("message is empty", code="empty_message", status=422, field="message")
+        if len(message) > self.config.max_message:
+            raise AgentwireError(f"message over {self.config.max_message} characters", code="message_too_large",
+                                 status=413, field="message")
+        return message
+
+    async def submit(self, name: str, message: str, lane: Lane = "main", if_busy: str = "queue") -> Turn:
+        """Start (or queue) a turn; returns once its first event is stored (`turn.first_event`)."""
+        self.check_message(message)
+        if if_busy not in ("queue", "reject"):
+            raise AgentwireError("if_busy must be 'queue' or 'reject'", code="bad_if_busy", status=422,
+                                 field="if_busy")
+        session = await self.session(name, create=True)
+        lanes = self._lanes.setdefault(name, _Lanes())
+        turn = Turn(new_id("t"), name, lane, message)
+        if lane == "quick":
+            lanes.running[turn.id] = turn
+            turn.first_event = await self._started(turn, session)
+            self._spawn(lanes, turn, session)
+            return turn
+        if lanes.main is None:
+            lanes.main = turn
+            lanes.running[turn.id] = turn
+            try:
+                turn.first_event = await self._started(turn, session)
+            except BaseException:
+                lanes.main = None
+                lanes.running.pop(turn.id, None)
+                raise
+            self._spawn(lanes, turn, session)
+            return turn
+        if if_busy == "reject":
+            raise Conflict(f"session {name!r} is running turn {lanes.main.id}", code="turn_in_progress")
+        turn.first_event = await self.hub.append(Append(
+            turn.stream, "turn.queued", {"message": message, "position": len(lanes.queue) + 1},
+            turn=turn.id, lane="main", doc=Doc("turn", turn.id, self._turn_doc(turn))))
+        # Queued only once `turn.queued` is stored, so `turn.started` can never come before it.
+        lanes.queue.append(turn)
+        if lanes.main is None:
+            self._next(name)
+        return turn
+
+    def _turn_doc(self, turn: Turn) -> JSON:
+        return {"id": turn.id, "session": turn.session, "lane": turn.lane, "node": self.node}
+
+    async def _started(self, turn: Turn, session: JSON) -> Event:
+        return await self.hub.append(Append(
+            turn.stream, "turn.started",
+            {"message": turn.message, "provider": session["provider"], "model": session.get("model")},
+            turn=turn.id, lane=turn.lane, doc=Doc("turn", turn.id, self._turn_doc(turn))))
+
+    def _spawn(self, lanes: _Lanes, turn: Turn, session: JSON | None) -> None:
+        task = asyncio.create_task(self._run(turn, session), name=f"turn {turn.id}")
+        lanes.tasks[turn.id] = task
+
+    def _next(self, name: str) -> None:
+        lanes = self._lanes[name]
+        lanes.main = None
+        if lanes.queue:
+            turn = lanes.queue.popleft()
+            lanes.main = turn
+            lanes.running[turn.id] = turn
+            self._spawn(lanes, turn, None)
+
+    async def _run(self, turn: Turn, session: JSON | None) -> None:
+        """Run a turn to its terminal event. `session` None: a queued turn, announced here."""
+        lanes = self._lanes[turn.session]
+        runner: TurnRunner | None = None
+        provider = None
+        try:
+            if session is None:
+                session = await self.session(turn.session)
+                await self._started(turn, session)
+            view = await self.view(turn.session)
+            runner = TurnRunner(self, turn, session, view.history(turn.lane, before_turn=turn.id), self.tools.specs)
+            if turn.lane == "quick":
+                provider = await self.pool.acquire(session["provider"], session.get("model"), session["options"])
+            else:
+                provider = make_provider(session["provider"], session.get("model"), session["options"])
+            if provider_model := getattr(provider, "model", None):
+                runner.model = runner.model or str(provider_model)
+            await provider.run(runner)
+            await runner.finish("turn.completed", {"stop_reason": runner.stop_reason,
+                                                   "usage": runner.usage.as_json()})
+        except asyncio.CancelledError:
+            reason = turn.cancel_reason or "cancelled"
+            if reason == "interrupted":
+                await self._end(turn, runner, "turn.failed", {"error": "interrupted"})
+            else:
+                await self._end(turn, runner, "turn.cancelled", {"reason": reason})
+        except (ProviderError, AgentwireError) as exc:
+            log.info("turn %s failed: %s", turn.id, exc)
+            await self._fail(turn, runner, str(exc))
+        except Exception as exc:
+            log.exception("turn %s crashed", turn.id)
+            await self._fail(turn, runner, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            turn.done = True
+            lanes.running.pop(turn.id, None)
+            lanes.tasks.pop(turn.id, None)
+            if provider is not None:
+                with contextlib.suppress(Exception):
+                    await provider.close()
+            if lanes.main is turn:
+                self._next(turn.session)
+
+    async def _fail(self, turn: Turn, runner: TurnRunner | None, error: str) -> None:
+        await self._end(turn, runner, "turn.failed", {"error": error})
+
+    async def _end(self, turn: Turn, runner: TurnRunner | None, type: str, data: JSON) -> None:
+        try:
+            if runner is not None:
+                await runner.finish(type, {**data, "usage": runner.usage.as_json()})
+            else:
+                await self.hub.append(Append(turn.stream, type, data, turn=turn.id, lane=turn.lane,
+                                             doc=Doc("turn", turn.id, None)))
+        except AgentwireError:
+            log.exception("could not record the end of turn %s", turn.id)
+
+    async def cancel(self, name: str, turn_id: str | None = None, reason: str = "cancelled by user") -> JSON:
+        await self.session(name)
+        lanes = self._lanes.get(name, _Lanes())
+        if turn_id is None:
+            turn = lanes.main
+            if turn is None:
+                raise Conflict("no main turn is running", code="no_running_turn")
+        else:
+            turn = lanes.running.get(turn_id) or next((t for t in lanes.queue if t.id == turn_id), None)
+            if turn is None:
+                raise NotFound(f"no running or queued turn {turn_id!r} in session {name!r}", code="turn_not_found")
+        if turn in lanes.queue:
+            lanes.queue.remove(turn)
+            await self.hub.append(Append(turn.stream, "turn.cancelled", {"reason": reason}, turn=turn.id,
+                                         lane=turn.lane, doc=Doc("turn", turn.id, None)))
+            return {"turn": turn.id, "status": "cancelled"}
+        turn.cancel_reason = reason
+        task = lanes.tasks.get(turn.id)
+        if task is not None:
+            task.cancel()
+        return {"turn": turn.id, "status": "cancelling"}
+
+    async def _on_choose(self, session: str, value: str) -> JSON:
+        turn = await self.submit(session, value, "main", "queue")
+        assert turn.first_event is not None
+        return {"id": turn.id, "session": session, "seq": turn.first_event.seq}
+
+
+def _turn_json(turn: Any) -> JSON:
+    return {"id": turn.id, "lane": turn.lane, "message": turn.message, "status": turn.status,
+            "provider": turn.provider, "model": turn.model}
+
+
+def parse_session_in(body: JSON) -> SessionIn:
+    try:
+        return SessionIn.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise AgentwireError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", code="validation_error",
+                             status=422, field=".".join(map(str, first["loc"]))) from exc

@@ -1,0 +1,184 @@
+"""Folding a session's stream: the transcript (one entry per message, not per delta), the state
+snapshot, and the catch-up fold that replaces a finished block's deltas by its one `*.done`.
+
+The same fold serves the server (`/messages`, `/state`, the context a provider gets) and clients
+(the Python client rebuilds its transcript with it), so "what the user saw" has one definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentwire.providers import Message
+from agentwire.types import JSON, Event
+
+TERMINAL = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
+_BLOCK_KINDS = {"text.delta": "text", "text.done": "text", "thinking.delta": "thinking", "thinking.done": "thinking"}
+
+
+@dataclass
+class TurnSummary:
+    id: str
+    lane: str
+    message: str
+    status: str  # queued | running | completed | failed | cancelled
+    provider: str | None = None
+    model: str | None = None
+    started_seq: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Transcript:
+    """A fold of one session stream. Feed events in seq order with `apply`; duplicates are ignored."""
+
+    seq: int = 0
+    entries: list[JSON] = field(default_factory=list)
+    todos: list[JSON] = field(default_factory=list)
+    turns: dict[str, TurnSummary] = field(default_factory=dict)
+    usage: JSON = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
+    state: JSON = field(default_factory=lambda: {"agent_state": "idle", "outstanding_llm_calls": 0,
+                                                 "outstanding_tool_calls": []})
+    _blocks: dict[tuple[str, str, int], JSON] = field(default_factory=dict)
+    _tools: dict[str, JSON] = field(default_factory=dict)
+
+    def apply(self, event: Event) -> None:
+        if event.seq <= self.seq:
+            return
+        self.seq = event.seq
+        self.apply_envelope(event.envelope)
+
+    def apply_envelope(self, envelope: JSON) -> None:
+        kind: str = envelope["type"]
+        data: JSON = envelope.get("data", {})
+        turn: str = envelope.get("turn") or ""
+        lane: str = envelope.get("lane") or "main"
+        seq: int = envelope.get("seq", 0)
+        base = {"turn": turn, "lane": lane, "seq": seq}
+        if kind in ("turn.queued", "turn.started"):
+            summary = self.turns.get(turn)
+            if summary is None:
+                summary = self.turns[turn] = TurnSummary(turn, lane, data.get("message", ""), "queued",
+                                                         started_seq=seq)
+                self.entries.append({**base, "role": "user", "kind": "message", "text": summary.message})
+            if kind == "turn.started":
+                summary.status = "running"
+                summary.provider = data.get("provider")
+                summary.model = data.get("model")
+        elif kind in _BLOCK_KINDS:
+            key = (turn, _BLOCK_KINDS[kind], int(data.get("block", 0)))
+            entry = self._blocks.get(key)
+            if entry is None:
+                entry = self._blocks[key] = {**base, "role": "assistant", "kind": key[1], "block": key[2],
+                                             "text": "", "done": False}
+                self.entries.append(entry)
+            if kind.endswith(".delta"):
+                entry["text"] += data.get("text", "")
+            else:
+                entry["text"] = data.get("text", entry["text"])
+                entry["done"] = True
+            entry["seq"] = seq
+        elif kind == "tool.call":
+            entry = {**base, "role": "assistant", "kind": "tool", "call_id": data.get("call_id"),
+                     "name": data.get("name"), "input": data.get("input"), "output": None,
+                     "is_error": False, "duration_ms": None, "done": False}
+            self._tools[str(data.get("call_id"))] = entry
+            self.entries.append(entry)
+        elif kind == "tool.result":
+            entry = self._tools.get(str(data.get("call_id")))
+            if entry is None:
+                entry = {**base, "role": "assistant", "kind": "tool", "call_id": data.get("call_id"),
+                         "name": None, "input": None}
+                self.entries.append(entry)
+            entry.update(output=data.get("output"), is_error=bool(data.get("is_error")),
+                         duration_ms=data.get("duration_ms"), done=True, seq=seq)
+        elif kind == "todo.updated":
+            self.todos = list(data.get("todos", []))
+        elif kind == "state":
+            self.state = {k: data[k] for k in ("agent_state", "outstanding_llm_calls", "outstanding_tool_calls")
+                          if k in data} | {"turn": turn, "lane": lane}
+        elif kind in TERMINAL:
+            summary = self.turns.get(turn)
+            if summary is not None:
+                summary.status = kind.split(".", 1)[1]
+                summary.error = data.get("error") or data.get("reason")
+            usage = data.get("usage") or {}
+            for name in ("input_tokens", "output_tokens"):
+                self.usage[name] = self.usage.get(name, 0) + int(usage.get(name, 0) or 0)
+            if usage.get("cost_usd") is not None:
+                self.usage["cost_usd"] = round(self.usage.get("cost_usd", 0.0) + float(usage["cost_usd"]), 6)
+            self.entries.append({**base, "role": "system", "kind": kind, **_end_fields(data)})
+            if not any(t.status in ("running", "queued") for t in self.turns.values()):
+                self.state = {"agent_state": "idle", "outstanding_llm_calls": 0, "outstanding_tool_calls": []}
+
+    def history(self, lane: str, *, before_turn: str | None = None) -> list[Message]:
+        """The context a provider gets: this lane's user messages and assistant texts, in order."""
+        messages: list[Message] = []
+        for entry in self.entries:
+            if entry["lane"] != lane or entry["turn"] == before_turn:
+                continue
+            if entry["kind"] == "message":
+                messages.append(Message("user", entry["text"]))
+            elif entry["kind"] == "text" and entry["text"]:
+                if messages and messages[-1].role == "assistant":
+                    messages[-1].content += "\n\n" + entry["text"]
+                else:
+                    messages.append(Message("assistant", entry["text"]))
+        return messages
+
+    def open_turns(self) -> list[TurnSummary]:
+        return [t for t in self.turns.values() if t.status in ("queued", "running")]
+
+
+def _end_fields(data: JSON) -> JSON:
+    return {k: data[k] for k in ("stop_reason", "usage", "timing", "error", "reason") if k in data}
+
+
+class CatchUpFold:
+    """`?fold=1`: in the replayed range, a text or thinking block whose `*.done` is also in that range
+    comes as that one `*.done` instead of its deltas. Events keep their order and ids; while a block
+    is open, everything after its first delta is held so nothing overtakes it."""
+
+    def __init__(self) -> None:
+        self._held: list[Event] = []
+        self._open: set[tuple[Any, ...]] = set()
+        self._finished: set[tuple[Any, ...]] = set()
+
+    @staticmethod
+    def _key(event: Event) -> tuple[Any, ...] | None:
+        family = _BLOCK_KINDS.get(event.type)
+        if family is None:
+            return None
+        return (event.turn, family, event.data.get("block", 0))
+
+    def page(self, events: list[Event]) -> list[Event]:
+        out: list[Event] = []
+        for event in events:
+            key = self._key(event)
+            if key is not None and event.type.endswith(".delta"):
+                self._open.add(key)
+                self._held.append(event)
+            elif key is not None and key in self._open:
+                self._open.discard(key)
+                self._finished.add(key)
+                self._held.append(event)
+            elif self._held:
+                self._held.append(event)
+            else:
+                out.append(event)
+            if self._held and not self._open:
+                out.extend(self._release())
+        return out
+
+    def _release(self) -> list[Event]:
+        released = [e for e in self._held
+                    if not (e.type.endswith(".delta") and self._key(e) in self._finished)]
+        self._held = []
+        self._finished.clear()
+        return released
+
+    def end(self) -> list[Event]:
+        """The replayed range is over: blocks still open are sent as their deltas."""
+        self._open.clear()
+        return self._release()

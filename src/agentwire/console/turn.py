@@ -1,0 +1,146 @@
+"""One running turn: the `TurnIO` a provider reports through, turned into journaled events with
+agent-state tracking and timing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agentwire.console.timing import TurnClock
+from agentwire.console.tools import ToolCall
+from agentwire.providers import Message, ToolOutcome, ToolSpec, Usage
+from agentwire.types import JSON, KONSOLE_PREFIX, Append, Doc, Event
+
+if TYPE_CHECKING:
+    from agentwire.console.runtime import Console
+
+
+@dataclass
+class Turn:
+    id: str
+    session: str
+    lane: str
+    message: str
+    cancel_reason: str | None = None
+    done: bool = False
+    first_event: Event | None = field(default=None, repr=False)
+
+    @property
+    def stream(self) -> str:
+        return KONSOLE_PREFIX + self.session
+
+
+class TurnRunner:
+    """Implements `providers.TurnIO` for one turn; every call is journaled before it returns."""
+
+    def __init__(self, console: Console, turn: Turn, session: JSON, history: list[Message],
+                 tools: list[ToolSpec]) -> None:
+        self.console = console
+        self.turn = turn
+        self.turn_id = turn.id
+        self.lane = turn.lane
+        self.message = turn.message
+        self.history = history
+        self.model = str(session.get("model") or "")
+        self.system = str(session.get("system") or "")
+        self.options: JSON = dict(session.get("options") or {})
+        self.tools = tools
+        self.usage = Usage()
+        self.stop_reason = "end_turn"
+        self.clock = TurnClock()
+        self._llm_calls = 0
+        self._tool_calls: dict[str, str] = {}
+        self._agent_state = "starting"
+        self._tool_started: dict[str, float] = {}
+
+    async def emit(self, type: str, data: JSON, doc: Doc | None = None) -> Event:
+        return await self.console.hub.append(Append(self.turn.stream, type, data, turn=self.turn.id,
+                                                    lane=self.turn.lane, doc=doc))
+
+    async def _set_state(self, agent_state: str, **extra: Any) -> None:
+        if agent_state == self._agent_state and not extra:
+            return
+        self._agent_state = agent_state
+        await self.emit("state", {
+            "agent_state": agent_state, "outstanding_llm_calls": self._llm_calls,
+            "outstanding_tool_calls": [{"call_id": k, "name": v} for k, v in self._tool_calls.items()],
+            **extra})
+
+    async def state(self, agent_state: str, **extra: Any) -> None:
+        await self._set_state(agent_state, **extra)
+
+    @asynccontextmanager
+    async def llm_call(self) -> AsyncIterator[None]:
+        self._llm_calls += 1
+        await self._llm_state()
+        try:
+            yield
+        finally:
+            self._llm_calls -= 1
+            await self._llm_state()
+
+    async def _llm_state(self) -> None:
+        # The count itself is part of the state: show every change, not only the label's.
+        self._agent_state = ""
+        await self._set_state("waiting_for_model" if self._llm_calls else "working")
+
+    async def thinking(self, block: int, text: str) -> None:
+        self.clock.saw_output()
+        await self._set_state("thinking")
+        await self.emit("thinking.delta", {"block": block, "text": text})
+
+    async def thinking_done(self, block: int, text: str) -> None:
+        self.clock.saw_output()
+        await self.emit("thinking.done", {"block": block, "text": text})
+
+    async def text(self, block: int, text: str) -> None:
+        self.clock.saw_output()
+        await self._set_state("writing")
+        await self.emit("text.delta", {"block": block, "text": text})
+
+    async def text_done(self, block: int, text: str) -> None:
+        self.clock.saw_output()
+        await self.emit("text.done", {"block": block, "text": text})
+
+    async def tool_call(self, call_id: str, name: str, input: JSON) -> None:
+        self.clock.saw_output()
+        self._tool_calls[call_id] = name
+        self._tool_started[call_id] = time.monotonic()
+        self._agent_state = ""
+        await self._set_state("running_tool")
+        await self.emit("tool.call", {"call_id": call_id, "name": name, "input": input})
+
+    async def tool_result(self, call_id: str, output: str, is_error: bool = False,
+                          duration_ms: float | None = None) -> None:
+        started = self._tool_started.pop(call_id, None)
+        if duration_ms is None:
+            duration_ms = (time.monotonic() - started) * 1000 if started is not None else 0.0
+        self._tool_calls.pop(call_id, None)
+        self.clock.tool_ran(duration_ms)
+        await self.emit("tool.result", {"call_id": call_id, "output": output, "is_error": is_error,
+                                        "duration_ms": round(duration_ms, 3)})
+        self._agent_state = ""
+        await self._set_state("running_tool" if self._tool_calls else
+                              ("waiting_for_model" if self._llm_calls else "working"))
+
+    async def run_tool(self, call_id: str, name: str, input: JSON) -> ToolOutcome:
+        await self.tool_call(call_id, name, input)
+        started = time.monotonic()
+        outcome = await self.console.tools.run(ToolCall(self.turn.session, self.turn.id, self.todos), name, input)
+        await self.tool_result(call_id, outcome.output, outcome.is_error, (time.monotonic() - started) * 1000)
+        return outcome
+
+    async def todos(self, todos: list[JSON]) -> None:
+        await self.emit("todo.updated", {"todos": todos})
+
+    async def finish(self, type: str, data: JSON) -> Event:
+        """The turn's last events: the agent is idle again, then the terminal event (closing its doc)."""
+        self._llm_calls = 0
+        self._tool_calls.clear()
+        self._agent_state = ""
+        await self._set_state("idle")
+        return await self.emit(type, {**data, "timing": self.clock.timing()},
+                               doc=Doc("turn", self.turn.id, None))

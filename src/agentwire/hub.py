@@ -1,0 +1,342 @@
+"""The in-process fan-out: journal → subscribers, encode once, never block the producer.
+
+One listener on the journal receives every stored event and offers it to the subscriptions of its
+stream. Each subscription writes into its connection's `Outbox`, a bounded byte buffer drained by
+the transport's writer; a subscriber whose outbox overflows is disconnected ("slow") and resumes
+from its last seq. Replay and live delivery are one path: a subscription reads the journal from its
+position until it has caught up with what the hub has passed on, then joins the live set, with no
+await between the check and the join; any later jump in seq sends it back to the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from agentwire.journal import Journal
+from agentwire.metrics import Metrics
+from agentwire.resume import resolve
+from agentwire.types import JSON, Append, AgentwireError, Event
+
+REPLAY_PAGE = 1000
+DEFAULT_BUFFER = 1 << 20
+
+
+class Outbox:
+    """A connection's outgoing buffer: bounded bytes, one wake-up for the writer, two ways to end.
+
+    `put` never waits; past the limit the outbox aborts with reason "slow" and drops what it held.
+    `finish` ends it after the writer has sent what is queued; `abort` ends it now.
+    Transports subclass it to say how an event and a control message are framed.
+    """
+
+    transport = "none"
+
+    def __init__(self, limit: int = DEFAULT_BUFFER) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self.aborted = asyncio.Event()
+        self.reason: str | None = None
+        self.finished = False
+        self.on_slow: Callable[[], None] | None = None
+
+    def encode(self, event: Event) -> bytes:
+        raise NotImplementedError
+
+    def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        return self.finished or self.reason is not None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def put(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > self.limit:
+            if self.on_slow is not None:
+                self.on_slow()
+            self.abort("slow")
+            return False
+        if self._size > self.limit // 2:
+            self._space.clear()
+        self._ready.set()
+        return True
+
+    async def wait_space(self) -> None:
+        """For replay, which is pulled, not pushed: wait until the writer has drained half."""
+        await self._space.wait()
+
+    async def take(self, timeout: float | None = None) -> list[bytes] | None:
+        """Everything queued; [] if `timeout` passed with nothing; None once the outbox has ended."""
+        if not self._chunks and not self.closed:
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return []
+        if self.reason is not None:
+            return None
+        chunks, self._chunks, self._size = self._chunks, [], 0
+        self._ready.clear()
+        self._space.set()
+        if not chunks and self.finished:
+            return None
+        return chunks
+
+    def finish(self) -> None:
+        self.finished = True
+        self._ready.set()
+
+    def abort(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._chunks, self._size = [], 0
+        self._ready.set()
+        self._space.set()
+        self.aborted.set()
+
+
+class Replay(Protocol):
+    """A transform of the replayed range only (e.g. folding finished text blocks); live is untouched."""
+
+    def page(self, events: list[Event]) -> list[Event]: ...
+
+    def end(self) -> list[Event]: ...
+
+
+EventTest = Callable[[Event], bool]
+
+
+class Subscription:
+    def __init__(self, hub: Hub, stream: str, outbox: Outbox, after: int, *,
+                 only: EventTest | None = None, until: EventTest | None = None,
+                 replay: Replay | None = None) -> None:
+        self.hub = hub
+        self.stream = stream
+        self.outbox = outbox
+        self.last_seq = after
+        self.only = only
+        self.until = until
+        self.replay = replay
+        self.live = False
+        self.closed = False
+        self._behind = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._feed(), name=f"feed {self.stream}")
+
+    def offer(self, event: Event) -> None:
+        """A live event from the hub (synchronous: the producer never waits for a subscriber)."""
+        if event.seq <= self.last_seq:
+            return
+        if event.seq != self.last_seq + 1:
+            # The live path skipped something (a reader reconnected): the journal has it.
+            self.hub._detach(self)
+            self._behind.set()
+            return
+        self.last_seq = event.seq
+        if self.only is None or self.only(event):
+            self.outbox.put(self.outbox.encode(event))
+            self.hub.metrics.events_delivered.labels(self.outbox.transport).inc()
+        if self.until is not None and self.until(event):
+            self.outbox.finish()
+            self.close()
+
+    async def _feed(self) -> None:
+        try:
+            await self._catch_up(self.replay)
+            while not self.closed:
+                await self._behind.wait()
+                self._behind.clear()
+                await self._catch_up(None)
+        except AgentwireError as exc:
+            self.outbox.abort(f"journal: {exc.message}")
+        except asyncio.CancelledError:
+            raise
+
+    async def _catch_up(self, replay: Replay | None) -> None:
+        journal = self.hub.journal
+        while not self.closed:
+            await self.outbox.wait_space()
+            if self.closed:
+                return
+            page = await journal.read(self.stream, self.last_seq, REPLAY_PAGE)
+            if page and page[0].seq != self.last_seq + 1:
+                # Retention trimmed what this subscriber still needed while it was reading.
+                position = await journal.position(self.stream)
+                self.outbox.put(self.outbox.control(self.stream, "stream.reset", {
+                    "epoch": position.epoch, "head": position.head, "reason": "trimmed"}, position.head))
+                self.last_seq = position.head
+                continue
+            if page:
+                self.last_seq = page[-1].seq
+                if replay is not None:
+                    page = replay.page(page)
+                if not self._deliver(page):
+                    return
+            if len(page) < REPLAY_PAGE and self.last_seq >= self.hub.dispatched.get(self.stream, 0):
+                if replay is not None and not self._deliver(replay.end()):
+                    return
+                self.hub._attach(self)
+                return
+            # Yield even when the page came from a cache: a loop that never awaits freezes the worker.
+            await asyncio.sleep(0)
+
+    def _deliver(self, events: Sequence[Event]) -> bool:
+        chunks = []
+        finished = False
+        for event in events:
+            if self.only is None or self.only(event):
+                chunks.append(self.outbox.encode(event))
+            if self.until is not None and self.until(event):
+                finished = True
+                break
+        if chunks:
+            self.outbox.put(b"".join(chunks))
+            self.hub.metrics.events_delivered.labels(self.outbox.transport).inc(len(chunks))
+        if finished:
+            self.outbox.finish()
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.hub._forget(self)
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+
+class Hub:
+    def __init__(self, journal: Journal, metrics: Metrics | None = None, *,
+                 buffer_limit: int = DEFAULT_BUFFER) -> None:
+        self.journal = journal
+        self.metrics = metrics or Metrics()
+        self.buffer_limit = buffer_limit
+        # The last seq passed on per stream: a subscription may join live only once it has read
+        # the journal at least this far, so nothing passed on before it joined can be missing.
+        self.dispatched: dict[str, int] = {}
+        self._live: dict[str, set[Subscription]] = {}
+        self._subscriptions: set[Subscription] = set()
+        self._outboxes: set[Outbox] = set()
+        self._watching: dict[str, int] = {}
+        journal.set_listener(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        self.dispatched[event.stream] = event.seq
+        live = self._live.get(event.stream)
+        if live:
+            for subscription in tuple(live):
+                subscription.offer(event)
+
+    async def append(self, item: Append) -> Event:
+        return (await self.append_many([item]))[0]
+
+    async def append_many(self, items: Sequence[Append]) -> list[Event]:
+        started = time.perf_counter()
+        try:
+            events = await self.journal.append_many(items)
+        except Exception:
+            self.metrics.append_errors.inc()
+            raise
+        self.metrics.append_latency.observe(time.perf_counter() - started)
+        self.metrics.events_appended.inc(len(events))
+        return events
+
+    def register(self, outbox: Outbox) -> None:
+        """Track a connection's outbox so shutdown can end it; count slow disconnects."""
+        self._outboxes.add(outbox)
+        outbox.on_slow = self.metrics.slow_disconnects.inc
+
+    def unregister(self, outbox: Outbox) -> None:
+        self._outboxes.discard(outbox)
+
+    async def subscribe(self, stream: str, outbox: Outbox, after: int | None, *,
+                        default_at_head: bool = False, only: EventTest | None = None,
+                        until: EventTest | None = None, replay: Replay | None = None) -> Subscription:
+        """Open a subscription: `stream.open` (and `stream.reset` if the position cannot be served),
+        then replay from the journal, then live."""
+        self._watching[stream] = self._watching.get(stream, 0) + 1
+        try:
+            watched = await self.journal.watch(stream)
+            position = await self.journal.position(stream)
+        except BaseException:
+            self._unwatched(stream)
+            raise
+        if watched > self.dispatched.get(stream, 0):
+            self.dispatched[stream] = watched
+        start = resolve(position, after, default_at_head=default_at_head)
+        outbox.put(outbox.control(stream, "stream.open", {
+            "epoch": position.epoch, "head": position.head, "from": start.after + 1}))
+        if start.reset is not None:
+            outbox.put(outbox.control(stream, "stream.reset", {
+                "epoch": position.epoch, "head": position.head, "reason": start.reset}, position.head))
+        subscription = Subscription(self, stream, outbox, start.after, only=only, until=until, replay=replay)
+        self._subscriptions.add(subscription)
+        self.metrics.open_streams.labels(outbox.transport).inc()
+        subscription.start()
+        return subscription
+
+    def _attach(self, subscription: Subscription) -> None:
+        if not subscription.closed:
+            subscription.live = True
+            self._live.setdefault(subscription.stream, set()).add(subscription)
+
+    def _detach(self, subscription: Subscription) -> None:
+        subscription.live = False
+        live = self._live.get(subscription.stream)
+        if live is not None:
+            live.discard(subscription)
+            if not live:
+                del self._live[subscription.stream]
+
+    def _forget(self, subscription: Subscription) -> None:
+        self._detach(subscription)
+        if subscription in self._subscriptions:
+            self._subscriptions.discard(subscription)
+            self.metrics.open_streams.labels(subscription.outbox.transport).dec()
+            self._unwatched(subscription.stream)
+
+    def _unwatched(self, stream: str) -> None:
+        count = self._watching.get(stream, 1) - 1
+        if count > 0:
+            self._watching[stream] = count
+            return
+        self._watching.pop(stream, None)
+        task = asyncio.ensure_future(self._unwatch_if_idle(stream))
+        task.add_done_callback(_ignore_result)
+
+    async def _unwatch_if_idle(self, stream: str) -> None:
+        if stream not in self._watching:  # nobody subscribed again meanwhile
+            await self.journal.unwatch(stream)
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self._subscriptions)
+
+    def close(self) -> None:
+        """End every open stream now (server shutdown): writers stop, clients resume elsewhere."""
+        for outbox in tuple(self._outboxes):
+            outbox.abort("shutdown")
+        for subscription in tuple(self._subscriptions):
+            subscription.close()
+
+
+def _ignore_result(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,139 @@
+"""Server-sent events: framing (once per event, shared by all subscribers) and the streaming response."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from agentwire.hub import EventTest, Hub, Outbox, Replay
+from agentwire.resume import requested_after
+from agentwire.types import JSON, Event
+
+PING = b": ping\n\n"
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def sse_frame(event: Event) -> bytes:
+    """`id: <seq>\\nevent: <type>\\ndata: <envelope>\\n\\n`, built the first time and kept on the event.
+
+    The envelope is compact JSON, which never holds a raw newline, so one `data:` line is enough.
+    """
+    frames = event.frames
+    if frames is None:
+        frames = event.frames = {}
+    frame = frames.get("sse")
+    if frame is None:
+        frame = frames["sse"] = b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), event.raw)
+    return frame
+
+
+def sse_control(stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
+    """A message that is not journaled (`stream.open`, `stream.reset`): same envelope shape, no seq.
+
+    A reset carries `id: <head>`, so the browser's own Last-Event-ID moves past what was lost and
+    the next automatic reconnect does not ask for the lost range again.
+    """
+    body = orjson.dumps({"stream": stream, "type": type, "data": data})
+    head = b"" if seq is None else b"id: %d\n" % seq
+    return b"%sevent: %s\ndata: %s\n\n" % (head, type.encode(), body)
+
+
+class SseOutbox(Outbox):
+    transport = "sse"
+
+    def encode(self, event: Event) -> bytes:
+        return sse_frame(event)
+
+    def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
+        return sse_control(stream, type, data, seq)
+
+
+class EventStreamResponse(Response):
+    """Writes an outbox as an SSE response until the outbox ends or the client leaves.
+
+    Three things race: the writer (drains the outbox, one write for all that is ready, a ping when
+    idle), the disconnect listener, and an abort (slow consumer, shutdown) that must win even while
+    the writer is blocked on a client that stopped reading.
+    """
+
+    def __init__(self, outbox: Outbox, *, heartbeat: float, retry_ms: int,
+                 on_close: Callable[[], None]) -> None:
+        super().__init__(status_code=200, media_type="text/event-stream")
+        self.outbox = outbox
+        self.heartbeat = heartbeat
+        self.retry_ms = retry_ms
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.body", "body": b"retry: %d\n\n" % self.retry_ms,
+                        "more_body": True})
+            writer = asyncio.create_task(self._write(send))
+            listener = asyncio.create_task(self._listen(receive))
+            aborted = asyncio.create_task(self.outbox.aborted.wait())
+            done, pending = await asyncio.wait({writer, listener, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(BaseException):
+                    await task
+            if writer in done and writer.exception() is None:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif listener not in done:
+                # Aborted: end the body if the client still reads; a stalled one is cut by returning.
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(
+                        send({"type": "http.response.body", "body": b"", "more_body": False}), 0.2)
+        finally:
+            self.outbox.abort("closed")
+            self.on_close()
+
+    async def _write(self, send: Send) -> None:
+        while True:
+            chunks = await self.outbox.take(self.heartbeat)
+            if chunks is None:
+                return
+            body = b"".join(chunks) if chunks else PING
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
+    @staticmethod
+    async def _listen(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+
+async def stream_response(request: Request, hub: Hub, stream: str, *, heartbeat: float, retry_ms: int,
+                          default_at_head: bool = False, after: int | None = None,
+                          only: EventTest | None = None, until: EventTest | None = None,
+                          replay: Replay | None = None) -> EventStreamResponse:
+    """Subscribe `stream` at the position the request asks for (§3 resume rules) and stream it.
+
+    `after` overrides the request's position (a turn's own POST response starts at its first event).
+    """
+    if after is None:
+        after = requested_after(request.headers.get("last-event-id"), request.query_params.get("from"))
+    outbox = SseOutbox(hub.buffer_limit)
+    hub.register(outbox)
+    try:
+        subscription = await hub.subscribe(stream, outbox, after, default_at_head=default_at_head,
+                                           only=only, until=until, replay=replay)
+    except BaseException:
+        hub.unregister(outbox)
+        raise
+
+    def closed() -> None:
+        subscription.close()
+        hub.unregister(outbox)
+
+    return EventStreamResponse(outbox, heartbeat=heartbeat, retry_ms=retry_ms, on_close=closed)

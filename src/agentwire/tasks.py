@@ -1,0 +1,211 @@
+"""The task board (kontasks): cards agents publish, stored as documents, changes on the `tasks` stream.
+
+Each change is one journal append carrying both the event and the card (`Append.doc`), so the
+snapshot from `GET /api/tasks` and the stream can never disagree. The snapshot's `head` is read
+before the cards, so a client that subscribes from head+1 may see a change twice but never misses one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import nh3
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentwire.hub import Hub
+from agentwire.types import JSON, TASKS_STREAM, AgentwireError, Append, Doc, NotFound
+
+Status = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
+MAX_OUTPUT = 512 * 1024
+Short = Annotated[str, Field(max_length=500)]
+Text = Annotated[str, Field(max_length=20_000)]
+
+# Agent-made HTML keeps its look (inline styles, tables, code) and loses everything active:
+# scripts, event handlers, javascript: URLs, frames, forms. nh3 is a maintained sanitizer (ammonia).
+_ATTRIBUTES = {tag: set(attrs) | {"style", "class", "title"} for tag, attrs in nh3.ALLOWED_ATTRIBUTES.items()}
+_ATTRIBUTES["*"] = {"style", "class", "title"}
+_ATTRIBUTES["a"] = {"href", "hreflang", "title", "style", "class"}
+
+
+def sanitize_html(html: str) -> str:
+    return str(nh3.clean(html, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto"}))
+
+
+class Choice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: Annotated[str, Field(min_length=1, max_length=200)]
+    value: Annotated[str, Field(min_length=1, max_length=10_000)]
+    primary: bool = False
+
+
+class TaskContext(BaseModel):
+    # Original kontasks carry more in context (layouts, request ids); unknown keys are kept as sent.
+    model_config = ConfigDict(extra="allow")
+    output: Annotated[str, Field(max_length=MAX_OUTPUT)] | None = None
+    choices: Annotated[list[Choice], Field(max_length=20)] = []
+    requestedAt: Short | None = None
+    requestId: Short | None = None
+    turnTiming: dict[str, float | int] | None = None
+
+
+class TaskIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")] | None = None
+    type: Short = "general"
+    status: Status = "pending"
+    title: Annotated[str, Field(min_length=1, max_length=500)]
+    description: Text = ""
+    scope: Short = ""
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=50)] = []
+    createdBy: Short = "agent"
+    targetUser: Short = ""
+    session: Short | None = None
+    requestId: Short | None = None
+    createdAt: Short | None = None
+    updatedAt: Short | None = None
+    context: TaskContext = TaskContext()
+
+
+class TaskPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Short | None = None
+    status: Status | None = None
+    title: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    description: Text | None = None
+    scope: Short | None = None
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=50)] | None = None
+    targetUser: Short | None = None
+    session: Short | None = None
+    context: TaskContext | None = None
+
+
+class ChooseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: Annotated[str, Field(min_length=1, max_length=10_000)]
+
+
+def iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clean_context(context: TaskContext) -> JSON:
+    body = context.model_dump(exclude_none=True)
+    if context.output is not None:
+        body["output"] = sanitize_html(context.output)
+    return body
+
+
+# What a chosen answer does: the console sends it to the linked session as the next user message.
+ChoiceHandler = Callable[[str, str], Awaitable[JSON]]
+
+
+class Board:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.on_choose: ChoiceHandler | None = None
+
+    async def get(self, task_id: str) -> JSON:
+        task = await self.hub.journal.get_doc("task", task_id)
+        if task is None:
+            raise NotFound(f"no task with id {task_id!r}", code="task_not_found")
+        return task
+
+    async def list(self, *, status: str | None = None, scope: str | None = None, tag: str | None = None,
+                   limit: int = 100, offset: int = 0) -> JSON:
+        head = (await self.hub.journal.position(TASKS_STREAM)).head
+        tasks = await self.hub.journal.list_docs("task")
+        picked = [t for t in tasks if (status is None or t["status"] == status)
+                  and (scope is None or t["scope"] == scope) and (tag is None or tag in t["tags"])]
+        picked.sort(key=lambda t: (t["createdAt"], t["id"]), reverse=True)
+        return {"tasks": picked[offset : offset + limit], "total": len(picked), "head": head,
+                "limit": limit, "offset": offset}
+
+    async def create(self, body: TaskIn, *, created_by: str | None = None) -> JSON:
+        task_id = body.id or str(uuid.uuid4())
+        if await self.hub.journal.get_doc("task", task_id) is not None:
+            raise AgentwireError(f"a task with id {task_id!r} exists", code="task_exists", status=409, field="id")
+        now = iso_now()
+        task = body.model_dump(exclude={"context"})
+        task.update(id=task_id, createdAt=body.createdAt or now, updatedAt=body.updatedAt or now,
+                    context=_clean_context(body.context))
+        if created_by is not None:
+            task["createdBy"] = created_by
+        await self.hub.append(Append(TASKS_STREAM, "task.created", {"task": task}, doc=Doc("task", task_id, task)))
+        return task
+
+    async def update(self, task_id: str, patch: TaskPatch | JSON) -> JSON:
+        task = dict(await self.get(task_id))
+        changes: dict[str, Any] = (patch.model_dump(exclude_unset=True) if isinstance(patch, TaskPatch)
+                                   else TaskPatch.model_validate(patch).model_dump(exclude_unset=True))
+        changed = []
+        for name, value in changes.items():
+            if name == "context" and value is not None:
+                merged = {**task.get("context", {}), **_clean_context(TaskContext.model_validate(value))}
+                value = merged
+            if task.get(name) != value:
+                task[name] = value
+                changed.append(name)
+        if not changed:
+            return task
+        task["updatedAt"] = iso_now()
+        await self.hub.append(Append(TASKS_STREAM, "task.updated", {"task": task, "changed": changed},
+                                     doc=Doc("task", task_id, task)))
+        return task
+
+    async def delete(self, task_id: str) -> None:
+        await self.get(task_id)
+        await self.hub.append(Append(TASKS_STREAM, "task.deleted", {"id": task_id}, doc=Doc("task", task_id, None)))
+
+    async def choose(self, task_id: str, value: str) -> JSON:
+        task = await self.get(task_id)
+        choices = task.get("context", {}).get("choices", [])
+        if value not in [choice["value"] for choice in choices]:
+            raise AgentwireError("value is not one of this task's choices", code="unknown_choice",
+                                 status=422, field="value")
+        session = task.get("session")
+        if not session:
+            raise AgentwireError("this task is not linked to a session, so no agent can hear the answer",
+                                 code="task_has_no_session", status=409)
+        if self.on_choose is None:
+            raise AgentwireError("no console runs on this server", code="no_console", status=409)
+        turn = await self.on_choose(session, value)
+        context = {**task.get("context", {}), "chosen": value}
+        task = await self.update(task_id, {"context": context})
+        return {"task": task, "turn": turn}
+
+
+def router(board_of: Callable[[Request], Board]) -> APIRouter:
+    api = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+    @api.get("")
+    async def list_tasks(request: Request, status: Status | None = None, scope: str | None = None,
+                         tag: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                         offset: Annotated[int, Query(ge=0)] = 0) -> JSON:
+        return await board_of(request).list(status=status, scope=scope, tag=tag, limit=limit, offset=offset)
+
+    @api.post("", status_code=201)
+    async def create_task(request: Request, body: TaskIn) -> JSONResponse:
+        return JSONResponse(await board_of(request).create(body), status_code=201)
+
+    @api.get("/{task_id}")
+    async def get_task(request: Request, task_id: str) -> JSON:
+        return await board_of(request).get(task_id)
+
+    @api.patch("/{task_id}")
+    async def update_task(request: Request, task_id: str, body: TaskPatch) -> JSON:
+        return await board_of(request).update(task_id, body)
+
+    @api.delete("/{task_id}", status_code=204)
+    async def delete_task(request: Request, task_id: str) -> None:
+        await board_of(request).delete(task_id)
+
+    @api.post("/{task_id}/choose")
+    async def choose(request: Request, task_id: str, body: ChooseIn) -> JSON:
+        return await board_of(request).choose(task_id, body.value)
+
+    return api

@@ -1,0 +1,158 @@
+"""The vocabulary every module speaks: events, stream positions, errors."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+JSON = dict[str, Any]
+
+TASKS_STREAM = "tasks"
+KONSOLE_PREFIX = "konsole/"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+@dataclass(slots=True)
+class Event:
+    """One journaled event. `raw` is the compact JSON envelope exactly as it goes on the wire.
+
+    The envelope is encoded once, when the event is appended, and stored as is; replay, SSE and
+    WebSocket all send these same bytes, so nothing is re-encoded per subscriber or per read.
+    """
+
+    seq: int
+    stream: str
+    type: str
+    raw: bytes
+    _data: JSON | None = field(default=None, repr=False)
+    # Transport frames, built the first time a transport needs them and shared by every subscriber.
+    frames: dict[str, bytes] | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        seq: int,
+        stream: str,
+        type: str,
+        data: JSON,
+        *,
+        ts: int | None = None,
+        turn: str | None = None,
+        lane: str | None = None,
+    ) -> Event:
+        envelope: JSON = {"seq": seq, "stream": stream, "type": type, "ts": now_ms() if ts is None else ts}
+        if turn is not None:
+            envelope["turn"] = turn
+        if lane is not None:
+            envelope["lane"] = lane
+        envelope["data"] = data
+        return cls(seq, stream, type, orjson.dumps(envelope), envelope)
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> Event:
+        envelope = orjson.loads(raw)
+        return cls(envelope["seq"], envelope["stream"], envelope["type"], raw, envelope)
+
+    @property
+    def envelope(self) -> JSON:
+        if self._data is None:
+            self._data = orjson.loads(self.raw)
+        return self._data
+
+    @property
+    def data(self) -> JSON:
+        data: JSON = self.envelope["data"]
+        return data
+
+    @property
+    def ts(self) -> int:
+        ts: int = self.envelope["ts"]
+        return ts
+
+    @property
+    def turn(self) -> str | None:
+        return self.envelope.get("turn")
+
+    @property
+    def lane(self) -> str | None:
+        return self.envelope.get("lane")
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """An event to append; the journal gives it its seq and timestamp."""
+
+    stream: str
+    type: str
+    data: JSON
+    turn: str | None = None
+    lane: str | None = None
+    # A document written in the same transaction as the event (the task card or session the event
+    # describes), so the board's snapshot and its stream can never disagree. body None deletes it.
+    doc: Doc | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    kind: str
+    id: str
+    body: JSON | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a stream stands: its epoch, the first seq still kept, and the last seq stored."""
+
+    epoch: str
+    first: int
+    head: int
+
+
+class AgentwireError(Exception):
+    """An error with an HTTP status and a machine-readable code, rendered as {"error": {...}}."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.field = field
+
+    def body(self) -> JSON:
+        error: JSON = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
+
+class NotFound(AgentwireError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(AgentwireError):
+    status = 409
+    code = "conflict"
+
+
+class Unavailable(AgentwireError):
+    """The journal cannot be reached; nothing was written."""
+
+    status = 503
+    code = "journal_unavailable"
