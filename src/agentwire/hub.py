@@ -18,7 +18,7 @@ from typing import Protocol
 from agentwire.journal import Journal
 from agentwire.metrics import Metrics
 from agentwire.resume import resolve
-from agentwire.types import JSON, Append, AgentwireError, Event
+from agentwire.types import JSON, AgentwireError, Append, Event
 
 REPLAY_PAGE = 1000
 DEFAULT_BUFFER = 1 << 20

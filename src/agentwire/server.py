@@ -14,12 +14,12 @@ import uvicorn
 
 from agentwire.app import create_app
 from agentwire.config import Config
+from agentwire.hub import Hub
 
 
 class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        app = self.config.loaded_app if self.config.loaded else None
-        hub = _find_hub(app)
+        hub = _find_hub(self.config.loaded_app if self.config.loaded else None)
         if hub is not None:
             try:
                 asyncio.get_running_loop().call_soon_threadsafe(hub.close)
@@ -28,12 +28,13 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _find_hub(app: object) -> object | None:
+def _find_hub(app: object) -> Hub | None:
     # uvicorn wraps the app in its own middleware; walk down to the FastAPI app that holds the context.
     for _ in range(10):
         state = getattr(app, "state", None)
         if state is not None and hasattr(state, "ctx"):
-            return state.ctx.hub
+            hub: Hub = state.ctx.hub
+            return hub
         app = getattr(app, "app", None)
         if app is None:
             return None

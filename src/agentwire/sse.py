@@ -75,8 +75,10 @@ class EventStreamResponse(Response):
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Headers a route set on this response (e.g. x-agentwire-turn) go out too; content-type is ours.
+        extra = [(name, value) for name, value in self.raw_headers if name not in (b"content-type", b"content-length")]
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS + extra})
             await send({"type": "http.response.body", "body": b"retry: %d\n\n" % self.retry_ms,
                         "more_body": True})
             writer = asyncio.create_task(self._write(send))

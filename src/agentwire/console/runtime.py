@@ -56,7 +56,8 @@ class SessionIn(BaseModel):
 def check_session_name(name: str) -> str:
     if not SESSION_NAME.match(name):
         raise AgentwireError(
-            f"bad session name {name[:80]!r}: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit",
+            f"bad session name {name[:80]!r}: 1-64 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit",
             code="bad_session_name", status=422, field="session")
     return name
 
@@ -83,6 +84,8 @@ class Console:
         self.node = new_id("node")
         self._lanes: dict[str, _Lanes] = {}
         self._views: dict[str, Transcript] = {}
+        # Session documents never change once created, so one read per process is enough.
+        self._sessions: dict[str, JSON] = {}
         board.on_choose = self._on_choose
 
     async def start(self) -> None:
@@ -134,8 +137,9 @@ class Console:
 
     async def session(self, name: str, *, create: bool = False) -> JSON:
         check_session_name(name)
-        found = await self.hub.journal.get_doc("session", name)
+        found = self._sessions.get(name) or await self.hub.journal.get_doc("session", name)
         if found is not None:
+            self._sessions[name] = found
             return found
         if not create:
             raise NotFound(f"no session named {name!r}", code="session_not_found")

@@ -3,6 +3,7 @@ agent-state tracking and timing."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentwire.console.timing import TurnClock
 from agentwire.console.tools import ToolCall
+from agentwire.hub import Hub
 from agentwire.providers import Message, ToolOutcome, ToolSpec, Usage
 from agentwire.types import JSON, KONSOLE_PREFIX, Append, Doc, Event
 
@@ -33,8 +35,62 @@ class Turn:
         return KONSOLE_PREFIX + self.session
 
 
+class _EventWriter:
+    """Appends a turn's events in order without making the agent wait for each commit.
+
+    A provider streaming deltas faster than the journal commits would otherwise pay one transaction
+    per delta; here whatever piles up while a commit is under way goes into the next one. Bounded:
+    past `limit` waiting events the agent waits. Delivery is unchanged: subscribers still get an
+    event only after the journal stored it. An append that fails is raised at the next `put`.
+    """
+
+    def __init__(self, hub: Hub, limit: int = 2048) -> None:
+        self.hub = hub
+        self.limit = limit
+        self._items: list[Append] = []
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._error: BaseException | None = None
+        self._task = asyncio.create_task(self._run(), name="turn events")
+
+    async def put(self, item: Append) -> None:
+        while self._error is None and len(self._items) >= self.limit:
+            self._space.clear()
+            await self._space.wait()
+        if self._error is not None:
+            raise self._error
+        self._items.append(item)
+        self._drained.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        await self._drained.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._items and self._error is None:
+                batch, self._items = self._items, []
+                self._space.set()
+                try:
+                    await self.hub.append_many(batch)
+                except Exception as exc:
+                    self._error = exc
+                    self._items = []
+                    self._space.set()
+            self._drained.set()
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
 class TurnRunner:
-    """Implements `providers.TurnIO` for one turn; every call is journaled before it returns."""
+    """Implements `providers.TurnIO` for one turn: its calls become journaled events, in order."""
 
     def __init__(self, console: Console, turn: Turn, session: JSON, history: list[Message],
                  tools: list[ToolSpec]) -> None:
@@ -55,10 +111,10 @@ class TurnRunner:
         self._tool_calls: dict[str, str] = {}
         self._agent_state = "starting"
         self._tool_started: dict[str, float] = {}
+        self._writer = _EventWriter(console.hub)
 
-    async def emit(self, type: str, data: JSON, doc: Doc | None = None) -> Event:
-        return await self.console.hub.append(Append(self.turn.stream, type, data, turn=self.turn.id,
-                                                    lane=self.turn.lane, doc=doc))
+    async def emit(self, type: str, data: JSON) -> None:
+        await self._writer.put(Append(self.turn.stream, type, data, turn=self.turn.id, lane=self.turn.lane))
 
     async def _set_state(self, agent_state: str, **extra: Any) -> None:
         if agent_state == self._agent_state and not extra:
@@ -137,10 +193,16 @@ class TurnRunner:
         await self.emit("todo.updated", {"todos": todos})
 
     async def finish(self, type: str, data: JSON) -> Event:
-        """The turn's last events: the agent is idle again, then the terminal event (closing its doc)."""
+        """The turn's last events: the agent is idle again, then the terminal event (closing its doc).
+        Everything the turn emitted is stored before the terminal event is appended."""
         self._llm_calls = 0
         self._tool_calls.clear()
         self._agent_state = ""
-        await self._set_state("idle")
-        return await self.emit(type, {**data, "timing": self.clock.timing()},
-                               doc=Doc("turn", self.turn.id, None))
+        try:
+            await self._set_state("idle")
+            await self._writer.flush()
+        finally:
+            self._writer.close()
+        return await self.console.hub.append(Append(
+            self.turn.stream, type, {**data, "timing": self.clock.timing()}, turn=self.turn.id,
+            lane=self.turn.lane, doc=Doc("turn", self.turn.id, None)))

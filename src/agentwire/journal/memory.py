@@ -42,10 +42,9 @@ class MemoryJournal:
             stream = self._streams[name] = _Stream(self._epoch)
         return stream
 
-    def _store(self, item: Append) -> Event:
+    def _store(self, item: Append, event: Event) -> None:
         stream = self._stream(item.stream)
-        stream.head += 1
-        event = Event.build(stream.head, item.stream, item.type, item.data, turn=item.turn, lane=item.lane)
+        stream.head = event.seq
         stream.events.append(event)
         if self._retention and len(stream.events) > self._retention * 2:
             del stream.events[: len(stream.events) - self._retention]
@@ -55,13 +54,21 @@ class MemoryJournal:
                 docs.pop(item.doc.id, None)
             else:
                 docs[item.doc.id] = item.doc.body
-        return event
 
     async def append(self, item: Append) -> Event:
         return (await self.append_many([item]))[0]
 
     async def append_many(self, items: Sequence[Append]) -> list[Event]:
-        events = [self._store(item) for item in items]
+        # Encode the whole batch before storing any of it: a batch with an event that cannot be
+        # encoded leaves nothing behind (no event, no doc, no seq used), as a transaction would.
+        heads: dict[str, int] = {}
+        events = []
+        for item in items:
+            found = self._streams.get(item.stream)
+            seq = heads[item.stream] = heads.get(item.stream, found.head if found else 0) + 1
+            events.append(Event.build(seq, item.stream, item.type, item.data, turn=item.turn, lane=item.lane))
+        for item, event in zip(items, events, strict=True):
+            self._store(item, event)
         if self._listener is not None:
             for event in events:
                 self._listener(event)

@@ -142,7 +142,13 @@ class SqliteJournal:
     async def _commit(self, batch: _Batch) -> None:
         try:
             events: list[Event] = await self._run_write(self._write_batch, [items for items, _ in batch])
-        except Exception as exc:  # nothing of the batch was committed: every caller hears why
+        except Exception as exc:  # nothing of the batch was committed
+            if len(batch) > 1:
+                # Group commit must not let one caller's bad batch (say, data that cannot be encoded)
+                # fail the others it happened to share a transaction with: commit each on its own.
+                for entry in batch:
+                    await self._commit([entry])
+                return
             for _, future in batch:
                 if not future.done():
                     future.set_exception(Unavailable(f"journal write failed: {exc}"))

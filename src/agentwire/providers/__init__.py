@@ -64,7 +64,8 @@ class Usage:
 
 
 class TurnIO(Protocol):
-    """How a provider reports one turn. Every `async` call here is journaled before it returns."""
+    """How a provider reports one turn. Calls become journaled events in the order they are made;
+    all of them are stored before the turn's terminal event."""
 
     turn_id: str
     lane: str

@@ -1,0 +1,112 @@
+"""Helpers for console tests: run turns over HTTP, read SSE, compare transcripts."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import orjson
+
+from agentwire.client import SseParser
+from agentwire.console.transcript import TERMINAL, Transcript
+
+JSON = dict[str, Any]
+
+
+def create_session(url: str, name: str, headers: dict[str, str] | None = None, **body: Any) -> JSON:
+    response = httpx.post(f"{url}/api/konsole", json={"name": name, **body}, headers=headers, timeout=10)
+    assert response.status_code == 201, response.text
+    data: JSON = response.json()
+    return data
+
+
+def sse_events(response: httpx.Response) -> Iterator[JSON]:
+    parser = SseParser()
+    for chunk in response.iter_raw():
+        for message in parser.feed(chunk):
+            yield orjson.loads(message.data)
+
+
+def run_turn(url: str, session: str, message: str, *, lane: str = "main", headers: dict[str, str] | None = None,
+             on_event: Callable[[JSON], None] | None = None, params: JSON | None = None) -> list[JSON]:
+    """POST a turn and read its SSE response to the end; returns the journaled events (with seq)."""
+    path = "quick" if lane == "quick" else "stream"
+    events = []
+    with httpx.stream("POST", f"{url}/api/konsole/{session}/{path}", json={"message": message}, params=params,
+                      headers=headers, timeout=httpx.Timeout(30, read=60)) as response:
+        assert response.status_code == 200, response.read()
+        for envelope in sse_events(response):
+            if envelope.get("seq") is None:
+                continue
+            events.append(envelope)
+            if on_event is not None:
+                on_event(envelope)
+            if envelope["type"] in TERMINAL:
+                break
+    return events
+
+
+def post_turn_cut(url: str, session: str, message: str, cut_at: int) -> list[JSON]:
+    """POST a turn, read `cut_at` bytes of its SSE body, then drop the connection; returns the
+    complete events received before the cut."""
+    received = b""
+    with httpx.stream("POST", f"{url}/api/konsole/{session}/stream", json={"message": message},
+                      timeout=httpx.Timeout(30, read=60)) as response:
+        assert response.status_code == 200, response.read()
+        for chunk in response.iter_raw(4096):
+            received += chunk
+            if len(received) >= cut_at:
+                received = received[:cut_at]
+                break
+    parser = SseParser()
+    return [orjson.loads(m.data) for m in parser.feed(received)]
+
+
+def follow_until(url: str, session: str, after: int, stop: Callable[[JSON], bool], *,
+                 params: JSON | None = None, headers: dict[str, str] | None = None) -> list[JSON]:
+    """GET …/events with Last-Event-ID: `after` and collect envelopes until `stop` says so."""
+    events = []
+    request_headers = {"last-event-id": str(after), **(headers or {})}
+    with httpx.stream("GET", f"{url}/api/konsole/{session}/events", headers=request_headers, params=params,
+                      timeout=httpx.Timeout(30, read=60)) as response:
+        assert response.status_code == 200, response.read()
+        for envelope in sse_events(response):
+            events.append(envelope)
+            if stop(envelope):
+                break
+    return events
+
+
+def transcript_of(events: list[JSON]) -> Transcript:
+    transcript = Transcript()
+    for envelope in events:
+        if envelope.get("seq") is not None:
+            transcript.apply_envelope(envelope)
+    return transcript
+
+
+def comparable(transcript: Transcript) -> JSON:
+    """What a user sees, without ids, seqs and clock readings that differ between two runs."""
+    keep = ("role", "kind", "text", "name", "input", "output", "is_error", "block", "done", "lane", "stop_reason",
+            "error", "reason")
+    entries = [{k: _no_ids(entry[k]) for k in keep if k in entry} for entry in transcript.entries]
+    return {"entries": entries, "todos": transcript.todos}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _no_ids(value: Any) -> Any:
+    return _UUID.sub("<id>", value) if isinstance(value, str) else value
