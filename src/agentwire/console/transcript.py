@@ -138,7 +138,8 @@ def _end_fields(data: JSON) -> JSON:
 class CatchUpFold:
     """`?fold=1`: in the replayed range, a text or thinking block whose `*.done` is also in that range
     comes as that one `*.done` instead of its deltas. Events keep their order and ids; while a block
-    is open, everything after its first delta is held so nothing overtakes it."""
+    is open, everything after its first delta is held so nothing overtakes it. A block interleaved
+    with other events (a tool call while text streams) therefore shows where it finished."""
 
     def __init__(self) -> None:
         self._held: list[Event] = []
