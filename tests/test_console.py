@@ -11,8 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from agentwire.console.transcript import TERMINAL
 from tests.support.server import running_app
 from tests.support.turns import (
     comparable,
@@ -24,6 +22,8 @@ from tests.support.turns import (
     transcript_of,
     wait_for,
 )
+
+from agentwire.console.transcript import TERMINAL
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +80,10 @@ def test_cut_post_response_recovers_the_exact_transcript(server: str) -> None:
         last = journaled[-1]["seq"] if journaled else 0
         turn = journaled[0]["turn"] if journaled else None
         finished = bool(journaled) and journaled[-1]["type"] in TERMINAL
-        rest = [] if finished else follow_until(
-            server, session, last,
-            lambda e: e.get("seq") is not None and e["type"] in TERMINAL and (turn is None or e.get("turn") == turn))
+        def is_end(e: dict[str, object], turn: object = turn) -> bool:
+            return e.get("seq") is not None and e["type"] in TERMINAL and (turn is None or e.get("turn") == turn)
+
+        rest = [] if finished else follow_until(server, session, last, is_end)
         combined = journaled + [e for e in rest if e.get("seq") is not None and e.get("turn") is not None]
         if turn is None:  # cut before the first event: the turn is the one the session stream shows
             turn = next(e["turn"] for e in combined if e.get("turn"))

@@ -87,8 +87,9 @@ def test_catch_up_fold_gives_the_same_transcript_for_any_paging(cuts: list[int])
 def test_catch_up_fold_holds_what_follows_an_open_block() -> None:
     # A block interleaved with other events: they are held until it ends, so nothing overtakes it,
     # and the folded block comes where it finished (ids keep rising).
-    events = _events([("text.delta", {"block": 0, "text": "a"}), ("tool.call", {"call_id": "c", "name": "x",
-                      "input": {}}), ("text.delta", {"block": 0, "text": "b"}), ("text.done", {"block": 0, "text": "ab"})])
+    events = _events([("text.delta", {"block": 0, "text": "a"}),
+                      ("tool.call", {"call_id": "c", "name": "x", "input": {}}),
+                      ("text.delta", {"block": 0, "text": "b"}), ("text.done", {"block": 0, "text": "ab"})])
     fold = CatchUpFold()
     assert fold.page(events[:3]) == []
     out = fold.page(events[3:]) + fold.end()

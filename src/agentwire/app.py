@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentwire import tasks
+from agentwire import tasks, ws
 from agentwire.auth import TokenAuth
 from agentwire.config import Config
 from agentwire.console import Console
@@ -80,6 +85,25 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+def _end_streams_on_signal(hub: Hub) -> None:
+    """uvicorn waits for open responses before it stops, and an event stream never ends by itself:
+    on SIGTERM/SIGINT end every stream first, then let uvicorn's own handler run (chained, so this
+    holds for `agentwire serve` and for each `--workers` process alike)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(hub.close)
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 def _field_name(location: tuple[object, ...]) -> str:
     parts = [str(part) for part in location if part not in ("body",)]
     return ".".join(parts) or "body"
@@ -97,6 +121,7 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await journal.start()
         await console.start()
+        _end_streams_on_signal(hub)
         try:
             yield
         finally:
@@ -128,6 +153,7 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
 
     app.include_router(tasks.router(lambda request: ctx(request).board))
     app.include_router(console_api.router(lambda request: ctx(request).console))
+    app.router.routes.append(ws.route(hub, console, config))
 
     @app.get("/api/stream/tasks", tags=["streams"])
     async def stream_tasks(request: Request) -> Response:

@@ -55,6 +55,25 @@ class Config:
         if not self.no_auth and not self.token:
             self.token = secrets.token_urlsafe(24)
 
+    @classmethod
+    def from_env(cls) -> Config:
+        defaults = cls(token="-")  # the values below replace it
+        values = {name: env_default(name, getattr(defaults, name)) for name in ENV}
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        env = {}
+        for name, variable in ENV.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                value = "1" if value else "0"
+            elif isinstance(value, list):
+                value = shlex.join(value)
+            env[variable] = str(value)
+        return env
+
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

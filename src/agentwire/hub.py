@@ -18,7 +18,7 @@ from typing import Protocol
 from agentwire.journal import Journal
 from agentwire.metrics import Metrics
 from agentwire.resume import resolve
-from agentwire.types import JSON, AgentwireError, Append, Event
+from agentwire.types import JSON, Append, Event, Unavailable
 
 REPLAY_PAGE = 1000
 DEFAULT_BUFFER = 1 << 20
@@ -156,16 +156,19 @@ class Subscription:
             self.close()
 
     async def _feed(self) -> None:
-        try:
-            await self._catch_up(self.replay)
-            while not self.closed:
+        replay = self.replay
+        delay = 0.25
+        while not self.closed:
+            try:
+                await self._catch_up(replay)
+                replay, delay = None, 0.25
                 await self._behind.wait()
                 self._behind.clear()
-                await self._catch_up(None)
-        except AgentwireError as exc:
-            self.outbox.abort(f"journal: {exc.message}")
-        except asyncio.CancelledError:
-            raise
+            except Unavailable:
+                # The journal is away (Redis restarting): the stream stays open and reads again
+                # from its last seq once the journal is back.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _catch_up(self, replay: Replay | None) -> None:
         journal = self.hub.journal

@@ -87,12 +87,16 @@ class Console:
         # Session documents never change once created, so one read per process is enough.
         self._sessions: dict[str, JSON] = {}
         board.on_choose = self._on_choose
+        self._keeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.recover_interrupted()
+        self._keeper = asyncio.create_task(self._keep_leases(), name="turn leases")
 
     async def close(self) -> None:
         """Server shutdown: running turns end as interrupted (their events still reach the journal)."""
+        if self._keeper is not None:
+            self._keeper.cancel()
         tasks = [task for lanes in self._lanes.values() for task in lanes.tasks.values()]
         for lanes in self._lanes.values():
             for turn in lanes.running.values():
@@ -106,14 +110,40 @@ class Console:
         await self.pool.close()
 
     async def recover_interrupted(self) -> None:
-        """Turns left open by a server that died are marked failed, so no viewer waits forever."""
+        """Turns whose owner is gone are marked failed, so no viewer waits forever.
+
+        A node holds a lease on every turn it runs or queues (taken before the turn's first event is
+        stored, renewed while it lives). A turn whose lease lapsed belongs to a node that died: the
+        first node to take its lease writes `turn.failed {"error": "interrupted"}`. On one process
+        (SQLite, memory) no lease survives a restart, so at start every open turn is interrupted.
+        """
         for doc in await self.hub.journal.list_docs("turn"):
-            if doc.get("node") == self.node:
+            if doc.get("node") == self.node or not await self._lease(doc["id"]):
                 continue
-            await self.hub.append(Append(KONSOLE_PREFIX + doc["session"], "turn.failed", {"error": "interrupted"},
-                                         turn=doc["id"], lane=doc.get("lane", "main"),
-                                         doc=Doc("turn", doc["id"], None)))
-            log.info("turn %s of %s was interrupted by a restart", doc["id"], doc["session"])
+            try:
+                await self.hub.append(Append(
+                    KONSOLE_PREFIX + doc["session"], "turn.failed", {"error": "interrupted"}, turn=doc["id"],
+                    lane=doc.get("lane", "main"), doc=Doc("turn", doc["id"], None)))
+                log.info("turn %s of %s was interrupted: its node %s is gone", doc["id"], doc["session"],
+                         doc.get("node"))
+            finally:
+                await self.hub.journal.release("turn:" + doc["id"], self.node)
+
+    async def _lease(self, turn_id: str) -> bool:
+        return await self.hub.journal.lease("turn:" + turn_id, self.node, self.config.lease_seconds)
+
+    async def _keep_leases(self) -> None:
+        period = self.config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                for lanes in self._lanes.values():
+                    for turn in [*lanes.running.values(), *lanes.queue]:
+                        if not await self._lease(turn.id):
+                            log.warning("lost the lease of turn %s", turn.id)
+                await self.recover_interrupted()
+            except AgentwireError as exc:  # the journal is away; the next round tries again
+                log.warning("could not renew turn leases: %s", exc.message)
 
     # sessions
 
@@ -200,6 +230,8 @@ class Console:
         session = await self.session(name, create=True)
         lanes = self._lanes.setdefault(name, _Lanes())
         turn = Turn(new_id("t"), name, lane, message)
+        # The lease comes before the turn's first event, so no node ever sees an open turn unowned.
+        await self._lease(turn.id)
         if lane == "quick":
             lanes.running[turn.id] = turn
             turn.first_event = await self._started(turn, session)
@@ -217,6 +249,7 @@ class Console:
             self._spawn(lanes, turn, session)
             return turn
         if if_busy == "reject":
+            await self.hub.journal.release("turn:" + turn.id, self.node)
             raise Conflict(f"session {name!r} is running turn {lanes.main.id}", code="turn_in_progress")
         turn.first_event = await self.hub.append(Append(
             turn.stream, "turn.queued", {"message": message, "position": len(lanes.queue) + 1},
@@ -285,6 +318,8 @@ class Console:
             turn.done = True
             lanes.running.pop(turn.id, None)
             lanes.tasks.pop(turn.id, None)
+            with contextlib.suppress(AgentwireError):
+                await self.hub.journal.release("turn:" + turn.id, self.node)
             if provider is not None:
                 with contextlib.suppress(Exception):
                     await provider.close()
@@ -319,6 +354,7 @@ class Console:
             lanes.queue.remove(turn)
             await self.hub.append(Append(turn.stream, "turn.cancelled", {"reason": reason}, turn=turn.id,
                                          lane=turn.lane, doc=Doc("turn", turn.id, None)))
+            await self.hub.journal.release("turn:" + turn.id, self.node)
             return {"turn": turn.id, "status": "cancelled"}
         turn.cancel_reason = reason
         task = lanes.tasks.get(turn.id)

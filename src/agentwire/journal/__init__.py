@@ -15,6 +15,7 @@ Contract, for every backend:
   seq still kept (retention trims the oldest) and the head. An empty stream has head 0, first 1.
 - A document written with an event (`Append.doc`) is stored in the same transaction as the event.
 - Errors reaching the store raise `types.Unavailable`; nothing partial is left behind.
+- Leases (`lease`/`release`) expire by themselves; a shared backend lets at most one owner hold one.
 
 Backends are chosen by URL scheme and imported lazily: `memory://`, `sqlite:///path`, `redis://…`.
 """
@@ -62,6 +63,15 @@ class Journal(Protocol):
 
     async def ping(self) -> None:
         """Raise `Unavailable` if the store cannot be reached."""
+        ...
+
+    async def lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Take or renew a lease for `ttl` seconds; False while another owner holds it. Shared
+        backends make this atomic across processes (a turn's owner node keeps its turn's lease)."""
+        ...
+
+    async def release(self, key: str, owner: str) -> None:
+        """Give a lease up, if `owner` holds it."""
         ...
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agentwire.journal import Listener
+from agentwire.journal.leases import LocalLeases
 from agentwire.types import JSON, Append, Event, StreamPosition
 
 
@@ -16,10 +17,11 @@ class _Stream:
     head: int = 0
 
 
-class MemoryJournal:
+class MemoryJournal(LocalLeases):
     """Everything in this process's memory: an epoch per process start, so clients notice the loss."""
 
     def __init__(self, url: str = "memory://", *, retention: int = 0) -> None:
+        super().__init__()
         self.url = url
         self._retention = retention
         self._epoch = secrets.token_hex(8)

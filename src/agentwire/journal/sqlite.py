@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from agentwire.journal import Listener
+from agentwire.journal.leases import LocalLeases
 from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable
 
 _SCHEMA = """
@@ -49,7 +50,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteJournal:
+class SqliteJournal(LocalLeases):
     """The embedded default: one file, WAL, one writer thread with group commit.
 
     Appends queue up while a transaction is being written and go into the next one together, so an
@@ -58,6 +59,7 @@ class SqliteJournal:
     """
 
     def __init__(self, url: str, *, retention: int = 0) -> None:
+        super().__init__()
         self.url = url
         self._path = sqlite_path(url)
         self._retention = retention
