@@ -80,6 +80,7 @@ def test_cut_post_response_recovers_the_exact_transcript(server: str) -> None:
         last = journaled[-1]["seq"] if journaled else 0
         turn = journaled[0]["turn"] if journaled else None
         finished = bool(journaled) and journaled[-1]["type"] in TERMINAL
+
         def is_end(e: dict[str, object], turn: object = turn) -> bool:
             return e.get("seq") is not None and e["type"] in TERMINAL and (turn is None or e.get("turn") == turn)
 

@@ -156,8 +156,8 @@ class Console:
         options = body.options.model_dump(exclude_none=True)
         if provider == "cli" and "command" not in options:
             options["command"] = list(self.config.cli_command)
-        session: JSON = {"name": name, "provider": provider,
-                         "model": body.model or (provider == self.config.provider and self.config.model) or info.default_model,
+        model = body.model or (provider == self.config.provider and self.config.model) or info.default_model
+        session: JSON = {"name": name, "provider": provider, "model": model,
                          "system": body.system or "", "options": options, "createdAt": iso_now()}
         await self.hub.append(Append(KONSOLE_PREFIX + name, "session.created", {"session": session},
                                      doc=Doc("session", name, session)))
