@@ -53,9 +53,12 @@ class WarmPool:
                 worker = make_provider(provider, model, options)
                 try:
                     await _warm(worker)
-                except Exception:
+                except BaseException as exc:  # cancelled (shutdown) or failed: never leak the worker
+                    with contextlib.suppress(Exception):
+                        await worker.close()
+                    if not isinstance(exc, Exception):
+                        raise
                     log.warning("could not warm a %s worker", provider, exc_info=True)
-                    await worker.close()
                     return
                 idle.append(worker)
 

@@ -31,17 +31,23 @@ Lane = Literal["main", "quick"]
 
 
 class SessionOptions(BaseModel):
-    """Per-session agent options. Scripted: size and speed of its turns; cli: the command to run."""
+    """Per-session agent options, checked here so a typo is a 422, not a surprise mid-turn.
+    Scripted: size and speed of its turns; cli: the command to run; LLM providers: limits."""
 
     model_config = ConfigDict(extra="forbid")
     deltas: Annotated[int, Field(ge=1, le=200_000)] | None = None
     delay_ms: Annotated[float, Field(ge=0, le=60_000)] | None = None
     tool_calls: Annotated[int, Field(ge=0, le=50)] | None = None
-    thinking: bool | None = None
+    # scripted: bool; anthropic: true, a token budget or "adaptive"; gemini: false turns thoughts off
+    thinking: bool | Annotated[int, Field(ge=1024, le=200_000)] | Literal["adaptive"] | None = None
     fail_at: Annotated[int, Field(ge=0)] | None = None
     command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=200_000)] | None = None
-    thinking_budget: Annotated[int, Field(ge=0, le=200_000)] | None = None
+    max_rounds: Annotated[int, Field(ge=1, le=100)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    rate_limit_retries: Annotated[int, Field(ge=0, le=20)] | None = None
+    rate_limit_max_wait_s: Annotated[float, Field(ge=0, le=600)] | None = None
 
 
 class SessionIn(BaseModel):

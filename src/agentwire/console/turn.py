@@ -97,6 +97,7 @@ class TurnRunner:
         self.console = console
         self.turn = turn
         self.turn_id = turn.id
+        self.session = turn.session
         self.lane = turn.lane
         self.message = turn.message
         self.history = history

@@ -68,6 +68,7 @@ class TurnIO(Protocol):
     all of them are stored before the turn's terminal event."""
 
     turn_id: str
+    session: str
     lane: str
     message: str
     history: list[Message]  # the lane's earlier messages, oldest first, not including `message`
@@ -129,7 +130,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
     "scripted": ProviderInfo("agentwire.providers.scripted:ScriptedProvider", None, "scripted-1"),
     "cli": ProviderInfo("agentwire.providers.cli_agent:CliProvider", None, "cli"),
     "anthropic": ProviderInfo("agentwire.providers.anthropic:AnthropicProvider", "ANTHROPIC_API_KEY",
-                              "claude-sonnet-4-5"),
+                              "claude-sonnet-4-6"),
     "openai": ProviderInfo("agentwire.providers.openai:OpenAIProvider", "OPENAI_API_KEY", "gpt-4.1-mini"),
     "gemini": ProviderInfo("agentwire.providers.gemini:GeminiProvider", "GEMINI_API_KEY", "gemini-2.5-flash"),
 }
