@@ -60,12 +60,17 @@ class Outbox:
     def size(self) -> int:
         return self._size
 
-    def put(self, data: bytes) -> bool:
+    def put(self, data: bytes, *, paced: bool = False) -> bool:
+        """Queue bytes for the writer. Over the limit, the subscriber is cut as slow, except when
+        nothing was queued (one event bigger than the whole limit must still reach a reader that
+        keeps up) or for `paced` data (replay, which waits for the writer before each slice and is
+        bounded that way; counting it would cut every reader of a backlog bigger than the limit)."""
         if self.closed:
             return False
+        queued = self._size
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > self.limit:
+        if self._size > self.limit and queued and not paced:
             if self.on_slow is not None:
                 self.on_slow()
             self.abort("slow")
@@ -134,6 +139,8 @@ class Subscription:
         self.closed = False
         self._behind = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Looked up once: a labelled child per delivery would cost more than the delivery itself.
+        self._delivered = hub.metrics.events_delivered.labels(outbox.transport)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._feed(), name=f"feed {self.stream}")
@@ -150,7 +157,7 @@ class Subscription:
         self.last_seq = event.seq
         if self.only is None or self.only(event):
             self.outbox.put(self.outbox.encode(event))
-            self.hub.metrics.events_delivered.labels(self.outbox.transport).inc()
+            self._delivered.inc()
         if self.until is not None and self.until(event):
             self.outbox.finish()
             self.close()
@@ -188,7 +195,7 @@ class Subscription:
                 self.last_seq = page[-1].seq
                 if replay is not None:
                     page = replay.page(page)
-                if not self._deliver(page):
+                if not await self._deliver_paced(page):
                     return
             if len(page) < REPLAY_PAGE and self.last_seq >= self.hub.dispatched.get(self.stream, 0):
                 if replay is not None and not self._deliver(replay.end()):
@@ -197,6 +204,22 @@ class Subscription:
                 return
             # Yield even when the page came from a cache: a loop that never awaits freezes the worker.
             await asyncio.sleep(0)
+
+    async def _deliver_paced(self, events: Sequence[Event]) -> bool:
+        """A replayed page, in slices of about half the outbox, waiting for the writer between them:
+        a page may hold many times the limit (1000 big task cards), and one put of all of it would
+        both hold it all in memory and look like a slow consumer."""
+        start, size = 0, 0
+        for index, event in enumerate(events):
+            size += len(event.raw)
+            if size >= self.outbox.limit // 2 and index + 1 < len(events):
+                if not self._deliver(events[start : index + 1]):
+                    return False
+                start, size = index + 1, 0
+                await self.outbox.wait_space()
+                if self.closed:
+                    return False
+        return self._deliver(events[start:])
 
     def _deliver(self, events: Sequence[Event]) -> bool:
         chunks = []
@@ -208,8 +231,8 @@ class Subscription:
                 finished = True
                 break
         if chunks:
-            self.outbox.put(b"".join(chunks))
-            self.hub.metrics.events_delivered.labels(self.outbox.transport).inc(len(chunks))
+            self.outbox.put(b"".join(chunks), paced=True)
+            self._delivered.inc(len(chunks))
         if finished:
             self.outbox.finish()
             self.close()
