@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -72,17 +73,34 @@ class BodyLimit:
                 response = JSONResponse(BodyTooLarge(f"request body over {self.limit} bytes").body(), 413)
                 await response(scope, receive, send)
                 return
+        # No Content-Length (chunked): read the body here, up to the limit, and hand it on whole. An
+        # error raised from inside `receive` would reach the route as "could not parse the body"
+        # (400), not as the 413 it is.
+        chunks: list[bytes] = []
         received = 0
-
-        async def counted() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
+            if message["type"] != "http.request":
+                break
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise BodyTooLarge(f"request body over {self.limit} bytes")
-            return message
+                response = JSONResponse(BodyTooLarge(f"request body over {self.limit} bytes").body(), 413)
+                await response(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        replayed = False
 
-        await self.app(scope, counted, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return message
+            return await receive()  # after the body: the disconnect, as the route expects
+
+        await self.app(scope, replay, send)
 
 
 def _end_streams_on_signal(hub: Hub) -> None:
@@ -112,7 +130,7 @@ def _field_name(location: tuple[object, ...]) -> str:
 def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
     journal = journal or open_journal(config.journal, retention=config.retention)
     metrics = Metrics()
-    hub = Hub(journal, metrics, buffer_limit=config.buffer_limit)
+    hub = Hub(journal, metrics, buffer_limit=config.buffer_limit, heartbeat=config.heartbeat)
     board = tasks.Board(hub)
     console = Console(hub, board, config)
     context = Context(config, journal, hub, metrics, board, console)
@@ -139,7 +157,8 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-        field = _field_name(tuple(first.get("loc", ())))
+        # Malformed JSON is located at ("body", <offset>): the field is the body, not "0".
+        field = "body" if first.get("type") == "json_invalid" else _field_name(tuple(first.get("loc", ())))
         message = f"{field}: {first.get('msg', 'invalid')}"
         errors = [{"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "")}
                   for e in exc.errors()]
@@ -169,8 +188,10 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "journal": c.journal.url.split("://")[0],
                                  "error": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ok", "journal": c.journal.url.split("://")[0],
-                             "streams_open": c.hub.subscription_count})
+        health = {"status": "ok", "journal": c.journal.url.split("://")[0], "streams_open": c.hub.subscription_count}
+        if c.config.workers > 1:  # which `--workers` process answered, for checks that must tell them apart
+            health["pid"] = os.getpid()
+        return JSONResponse(health)
 
     @app.get("/metrics", tags=["ops"])
     async def prometheus(request: Request) -> Response:

@@ -45,6 +45,9 @@ class Outbox:
         self.reason: str | None = None
         self.finished = False
         self.on_slow: Callable[[], None] | None = None
+        # Called once on abort: a transport cancels its writer here, which may be blocked sending to
+        # a client that stopped reading (no task per connection waits on `aborted` for that).
+        self.on_abort: Callable[[], None] | None = None
 
     def encode(self, event: Event) -> bytes:
         raise NotImplementedError
@@ -88,7 +91,10 @@ class Outbox:
         """Everything queued; [] if `timeout` passed with nothing; None once the outbox has ended."""
         if not self._chunks and not self.closed:
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                # asyncio.timeout arms one timer; wait_for would also make a task per call, and this
+                # runs once per delivery on every connection.
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
             except TimeoutError:
                 return []
         if self.reason is not None:
@@ -110,7 +116,10 @@ class Outbox:
         self._chunks, self._size = [], 0
         self._ready.set()
         self._space.set()
-        self.aborted.set()
+        if not self.aborted.is_set():
+            self.aborted.set()
+            if self.on_abort is not None:
+                self.on_abort()
 
 
 class Replay(Protocol):
@@ -137,13 +146,18 @@ class Subscription:
         self.replay = replay
         self.live = False
         self.closed = False
-        self._behind = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Looked up once: a labelled child per delivery would cost more than the delivery itself.
         self._delivered = hub.metrics.events_delivered.labels(outbox.transport)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._feed(), name=f"feed {self.stream}")
+        self._read_journal(self.replay)
+
+    def _read_journal(self, replay: Replay | None) -> None:
+        """Catch up from the journal in a task that ends once the subscription is live again, so an
+        idle subscriber costs no task of its own."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._feed(replay), name=f"feed {self.stream}")
 
     def offer(self, event: Event) -> None:
         """A live event from the hub (synchronous: the producer never waits for a subscriber)."""
@@ -152,7 +166,7 @@ class Subscription:
         if event.seq != self.last_seq + 1:
             # The live path skipped something (a reader reconnected): the journal has it.
             self.hub._detach(self)
-            self._behind.set()
+            self._read_journal(None)
             return
         self.last_seq = event.seq
         if self.only is None or self.only(event):
@@ -162,15 +176,12 @@ class Subscription:
             self.outbox.finish()
             self.close()
 
-    async def _feed(self) -> None:
-        replay = self.replay
+    async def _feed(self, replay: Replay | None) -> None:
         delay = 0.25
         while not self.closed:
             try:
                 await self._catch_up(replay)
-                replay, delay = None, 0.25
-                await self._behind.wait()
-                self._behind.clear()
+                return
             except Unavailable:
                 # The journal is away (Redis restarting): the stream stays open and reads again
                 # from its last seq once the journal is back.
@@ -184,6 +195,7 @@ class Subscription:
             if self.closed:
                 return
             page = await journal.read(self.stream, self.last_seq, REPLAY_PAGE)
+            more = len(page) == REPLAY_PAGE
             if page and page[0].seq != self.last_seq + 1:
                 # Retention trimmed what this subscriber still needed while it was reading.
                 position = await journal.position(self.stream)
@@ -197,7 +209,7 @@ class Subscription:
                     page = replay.page(page)
                 if not await self._deliver_paced(page):
                     return
-            if len(page) < REPLAY_PAGE and self.last_seq >= self.hub.dispatched.get(self.stream, 0):
+            if not more and self.last_seq >= self.hub.dispatched.get(self.stream, 0):
                 if replay is not None and not self._deliver(replay.end()):
                     return
                 self.hub._attach(self)
@@ -250,8 +262,11 @@ class Subscription:
 
 class Hub:
     def __init__(self, journal: Journal, metrics: Metrics | None = None, *,
-                 buffer_limit: int = DEFAULT_BUFFER) -> None:
+                 buffer_limit: int = DEFAULT_BUFFER, heartbeat: float = 15.0) -> None:
         self.journal = journal
+        self.heartbeat = heartbeat
+        # Called with every event passed on (after the live subscribers), e.g. to keep folds current.
+        self.observers: list[Callable[[Event], None]] = []
         self.metrics = metrics or Metrics()
         self.buffer_limit = buffer_limit
         # The last seq passed on per stream: a subscription may join live only once it has read
@@ -269,6 +284,8 @@ class Hub:
         if live:
             for subscription in tuple(live):
                 subscription.offer(event)
+        for observer in self.observers:
+            observer(event)
 
     async def append(self, item: Append) -> Event:
         return (await self.append_many([item]))[0]
@@ -308,7 +325,8 @@ class Hub:
             self.dispatched[stream] = watched
         start = resolve(position, after, default_at_head=default_at_head)
         outbox.put(outbox.control(stream, "stream.open", {
-            "epoch": position.epoch, "head": position.head, "from": start.after + 1}))
+            "epoch": position.epoch, "head": position.head, "from": start.after + 1,
+            "heartbeat_ms": round(self.heartbeat * 1000)}))
         if start.reset is not None:
             outbox.put(outbox.control(stream, "stream.reset", {
                 "epoch": position.epoch, "head": position.head, "reason": start.reset}, position.head))

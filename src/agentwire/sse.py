@@ -61,9 +61,9 @@ class SseOutbox(Outbox):
 class EventStreamResponse(Response):
     """Writes an outbox as an SSE response until the outbox ends or the client leaves.
 
-    Three things race: the writer (drains the outbox, one write for all that is ready, a ping when
-    idle), the disconnect listener, and an abort (slow consumer, shutdown) that must win even while
-    the writer is blocked on a client that stopped reading.
+    Two tasks race: the writer (drains the outbox, one write for all that is ready, a ping when
+    idle) and the disconnect listener; an abort (slow consumer, shutdown) cancels the writer, which
+    may be blocked on a client that stopped reading.
     """
 
     def __init__(self, outbox: Outbox, *, heartbeat: float, retry_ms: int,
@@ -83,20 +83,31 @@ class EventStreamResponse(Response):
                         "more_body": True})
             writer = asyncio.create_task(self._write(send))
             listener = asyncio.create_task(self._listen(receive))
-            aborted = asyncio.create_task(self.outbox.aborted.wait())
-            done, pending = await asyncio.wait({writer, listener, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            # An abort (slow consumer, shutdown) must win even while the writer is blocked sending to
+            # a client that stopped reading: it cancels the writer.
+
+            def cancel_writer() -> None:
+                writer.cancel()
+
+            self.outbox.on_abort = cancel_writer
+            if self.outbox.aborted.is_set():
+                writer.cancel()
+            done, pending = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
             for task in pending:
                 with contextlib.suppress(BaseException):
                     await task
-            if writer in done and writer.exception() is None:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            elif listener not in done:
+            if listener in done:
+                return  # the client left
+            ended = b""
+            if self.outbox.reason is None and not writer.cancelled() and writer.exception() is None:
+                await send({"type": "http.response.body", "body": ended, "more_body": False})
+            else:
                 # Aborted: end the body if the client still reads; a stalled one is cut by returning.
                 with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(
-                        send({"type": "http.response.body", "body": b"", "more_body": False}), 0.2)
+                    await asyncio.wait_for(send({"type": "http.response.body", "body": ended, "more_body": False}),
+                                           0.2)
         finally:
             self.outbox.abort("closed")
             self.on_close()

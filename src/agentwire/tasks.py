@@ -32,8 +32,33 @@ _ATTRIBUTES["*"] = {"style", "class", "title"}
 _ATTRIBUTES["a"] = {"href", "hreflang", "title", "style", "class"}
 
 
+# Inline styles stay (the cards are styled inline), but only layout and look: no property can load
+# anything (a url() in any value is dropped below, so no tracking pixel or script URL survives).
+_STYLE_PROPERTIES = {
+    "color", "background", "background-color", "opacity",
+    "margin", "margin-top", "margin-right", "margin-bottom", "margin-left",
+    "padding", "padding-top", "padding-right", "padding-bottom", "padding-left",
+    "border", "border-top", "border-right", "border-bottom", "border-left", "border-color", "border-style",
+    "border-width", "border-radius", "border-collapse", "border-spacing", "outline",
+    "font", "font-family", "font-size", "font-style", "font-weight", "line-height", "letter-spacing",
+    "text-align", "text-decoration", "text-transform", "text-indent", "white-space", "word-break",
+    "overflow-wrap", "vertical-align", "list-style", "list-style-type",
+    "display", "width", "height", "min-width", "min-height", "max-width", "max-height", "box-sizing",
+    "overflow", "overflow-x", "overflow-y", "flex", "flex-direction", "flex-wrap", "justify-content",
+    "align-items", "gap", "grid-template-columns", "float", "clear",
+}
+
+
+def _no_urls(element: str, attribute: str, value: str) -> str | None:
+    if attribute != "style":
+        return value
+    kept = [d for d in value.split(";") if "url(" not in d.lower() and "\\" not in d]
+    return ";".join(kept)
+
+
 def sanitize_html(html: str) -> str:
-    return str(nh3.clean(html, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto"}))
+    return str(nh3.clean(html, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto"},
+                         filter_style_properties=_STYLE_PROPERTIES, attribute_filter=_no_urls))
 
 
 class Choice(BaseModel):

@@ -56,7 +56,9 @@ class Event:
         if lane is not None:
             envelope["lane"] = lane
         envelope["data"] = data
-        return cls(seq, stream, type, orjson.dumps(envelope), envelope)
+        # The decoded form is not kept: `data` is the caller's dict, which the caller may change after
+        # the append; readers decode the stored bytes instead, so every view agrees with the wire.
+        return cls(seq, stream, type, orjson.dumps(envelope))
 
     @classmethod
     def from_raw(cls, raw: bytes) -> Event:

@@ -69,6 +69,8 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "agentwire", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--journal", self.journal, "--log-level", "warning", *auth, *self.args]
         env = {**os.environ, **self.env}
+        if self._log is not None:  # a restart: the previous run's log file is done
+            self._log.close()
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self._log = out if self.log_path else None
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)

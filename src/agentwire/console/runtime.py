@@ -93,7 +93,10 @@ class Console:
         # Session documents never change once created, so one read per process is enough.
         self._sessions: dict[str, JSON] = {}
         board.on_choose = self._on_choose
+        hub.observers.append(self._fold_live)
         self._keeper: asyncio.Task[None] | None = None
+        # This node's turns that ended while their terminal event could not be stored.
+        self._unrecorded: set[str] = set()
 
     async def start(self) -> None:
         await self.recover_interrupted()
@@ -124,14 +127,21 @@ class Console:
         (SQLite, memory) no lease survives a restart, so at start every open turn is interrupted.
         """
         for doc in await self.hub.journal.list_docs("turn"):
-            if doc.get("node") == self.node or not await self._lease(doc["id"]):
+            # This node's own turns are alive unless their end could not be recorded (`_end`).
+            mine = doc.get("node") == self.node and doc["id"] not in self._unrecorded
+            if mine or not await self._lease(doc["id"]):
                 continue
             try:
-                await self.hub.append(Append(
-                    KONSOLE_PREFIX + doc["session"], "turn.failed", {"error": "interrupted"}, turn=doc["id"],
-                    lane=doc.get("lane", "main"), doc=Doc("turn", doc["id"], None)))
-                log.info("turn %s of %s was interrupted: its node %s is gone", doc["id"], doc["session"],
-                         doc.get("node"))
+                # Its owner may have ended the turn and given the lease up since the list was read;
+                # the terminal event deletes the doc before the lease is released, so a turn whose
+                # doc is still there now that this node holds the lease really is interrupted.
+                if await self.hub.journal.get_doc("turn", doc["id"]) is not None:
+                    await self.hub.append(Append(
+                        KONSOLE_PREFIX + doc["session"], "turn.failed", {"error": "interrupted"}, turn=doc["id"],
+                        lane=doc.get("lane", "main"), doc=Doc("turn", doc["id"], None)))
+                    log.info("turn %s of %s was interrupted: its node %s is gone", doc["id"], doc["session"],
+                             doc.get("node"))
+                self._unrecorded.discard(doc["id"])
             finally:
                 await self.hub.journal.release("turn:" + doc["id"], self.node)
 
@@ -150,6 +160,8 @@ class Console:
                 await self.recover_interrupted()
             except AgentwireError as exc:  # the journal is away; the next round tries again
                 log.warning("could not renew turn leases: %s", exc.message)
+            except Exception:  # never let the keeper die: other nodes would take every turn for dead
+                log.exception("turn lease round failed")
 
     # sessions
 
@@ -194,6 +206,14 @@ class Console:
             listed.append({**session, "agent_state": view.state.get("agent_state", "idle"),
                            "head": view.seq, "open_turns": len(view.open_turns())})
         return listed
+
+    def _fold_live(self, event: Event) -> None:
+        """Keep cached folds current as events pass, so retention trimming the journal cannot take
+        events out of a session's transcript before anyone asked for it."""
+        if event.stream.startswith(KONSOLE_PREFIX):
+            view = self._views.get(event.stream[len(KONSOLE_PREFIX):])
+            if view is not None and event.seq == view.seq + 1:
+                view.apply(event)
 
     async def view(self, name: str) -> Transcript:
         """The session's fold, brought up to the journal's head (cached; only new events are read)."""
@@ -344,6 +364,8 @@ class Console:
                                              doc=Doc("turn", turn.id, None)))
         except AgentwireError:
             log.exception("could not record the end of turn %s", turn.id)
+            # The lease sweeper (`recover_interrupted`) records it once the journal is back.
+            self._unrecorded.add(turn.id)
 
     async def cancel(self, name: str, turn_id: str | None = None, reason: str = "cancelled by user") -> JSON:
         await self.session(name)

@@ -1,0 +1,688 @@
+"""WebSocket benchmarks of agentwire: fan-out over `/api/ws` beside SSE, and one socket carrying many streams.
+
+- `fanout`: one stream (`tasks`), N subscribers over SSE and then over WebSocket, the same publisher
+  (M events/s for S seconds); publish→receive latency of every delivery, server CPU per 100k deliveries,
+  lost events (published × connected − received);
+- `multiplex`: one WebSocket subscribed to K console streams, every stream published to at R events/s;
+  latency, deliveries, gaps or repeats per stream, server CPU.
+
+Each case starts the agentwire bench server (`agentwire_server.py`'s app and routes, plus one route of
+this file that publishes to many streams) as a process of its own; load clients are forked processes
+that speak raw HTTP/WebSocket, as cheap per event as Python allows (the SSE one is `sse_client.py`).
+Nothing asserts a timing: it measures and reports.
+
+    .venv/bin/python bench/bench_ws.py                 # both cases, full size
+    .venv/bin/python bench/bench_ws.py --quick         # a smoke run of a few seconds
+    .venv/bin/python bench/bench_ws.py --cases multiplex --streams 100
+
+For `bench/run.py`: `case_ws_fanout(ctx, table_class)` and `case_ws_multiplex(ctx, table_class)` take
+run.py's `Context` (they read `ctx.args` and `ctx.workdir`) and its `Table` class, and return a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from array import array
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, cast
+
+from common import PublishSpec, cpu_seconds, publish_loop, raise_nofile
+from sse_client import ClientSpec, client_process, latencies_from
+
+BENCH_DIR = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+OPEN_MARK = b'"stream.open"'
+LAST_MARK = b'"last"'
+SESSION_PREFIX = "bench-"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def serve(argv: list[str]) -> None:
+    """`bench_ws.py serve`: the agentwire bench server, plus `POST /bench/ws/publish?streams=K&…`
+    (one event to each of K console streams per round, one journal call per round) and
+    `POST /bench/ws/setup?streams=K` (creates the K sessions `bench-0` … `bench-<K-1>`)."""
+    import uvicorn
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from starlette.routing import Route
+
+    from agentwire.app import create_app
+    from agentwire.config import Config
+    from agentwire.console.runtime import SessionIn
+    from agentwire.types import KONSOLE_PREFIX, Append, Conflict
+    from agentwire_server import add_bench_routes
+
+    parser = argparse.ArgumentParser(prog="bench_ws.py serve")
+    parser.add_argument("--host", default=HOST)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--journal", default="memory://")
+    args = parser.parse_args(argv)
+
+    async def setup(request: Request) -> JSONResponse:
+        console = request.app.state.ctx.console
+        streams = int(request.query_params.get("streams", "1"))
+        for index in range(streams):
+            with contextlib.suppress(Conflict):
+                await console.create_session(SessionIn(name=f"{SESSION_PREFIX}{index}"))
+        return JSONResponse({"streams": streams})
+
+    async def publish(request: Request) -> JSONResponse:
+        hub = request.app.state.ctx.hub
+        names = [f"{KONSOLE_PREFIX}{SESSION_PREFIX}{i}" for i in range(int(request.query_params.get("streams", "1")))]
+
+        async def emit(items: list[dict[str, Any]]) -> None:
+            await hub.append_many([Append(name, "bench", data) for data in items for name in names])
+
+        result = await publish_loop(PublishSpec.from_query(request.query_params), emit)
+        result["published"] *= len(names)
+        return JSONResponse(result)
+
+    raise_nofile()
+    config = Config(host=args.host, port=args.port, journal=args.journal, no_auth=True, log_level="warning",
+                    quick_pool=0)
+    app = create_app(config)
+    add_bench_routes(app)
+    app.router.routes[0:0] = [Route("/bench/ws/publish", publish, methods=["POST"]),
+                              Route("/bench/ws/setup", setup, methods=["POST"])]
+    # As agentwire_server.py runs it (and `agentwire serve`); browsers offer permessage-deflate, this
+    # load client does not, so frames go uncompressed.
+    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", ws="websockets-sansio",
+                lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=2, backlog=4096)
+
+
+class Server:
+    """The bench server process, in its own session so that it can be ended whatever happened."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = _free_port()
+        self.log_path = workdir / f"ws-server-{self.port}.log"
+        argv = [sys.executable, str(BENCH_DIR / "bench_ws.py"), "serve", "--port", str(self.port),
+                "--journal", f"sqlite:///{workdir / f'ws-{self.port}.db'}"]
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=BENCH_DIR, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bench server exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                self.request("GET", "/bench/stats", 2)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.1)
+
+    def request(self, method: str, path: str, timeout: float) -> dict[str, Any]:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, headers={"Content-Length": "0"} if method == "POST" else {})
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status} {body[:300]!r}")
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- the WebSocket load client
+
+
+@dataclass(frozen=True, slots=True)
+class WsSpec:
+    host: str
+    port: int
+    streams: tuple[str, ...]  # subscribed on every connection
+    connections: int
+    deadline: float
+    deflate: bool = False  # offer permessage-deflate, as every browser does
+    connect_concurrency: int = 100
+    open_timeout: float = 30.0
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    """A client frame (clients must mask); only a few are sent, so plain Python is fine."""
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+    elif size < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+    return head + mask + body
+
+
+class _Totals:
+    def __init__(self, target: int) -> None:
+        self.latencies = array("q")
+        self.finished = 0
+        self.ended = 0
+        self.target = target
+        self.all_ended = asyncio.Event()
+
+    def end(self) -> None:
+        self.ended += 1
+        if self.ended >= self.target:
+            self.all_ended.set()
+
+
+class WsConnection(asyncio.Protocol):
+    """One raw WebSocket: handshake, subscribe, then per text frame: seq check per stream, latency."""
+
+    def __init__(self, spec: WsSpec, totals: _Totals) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if spec.deflate else ""
+        self.request = (f"GET /api/ws HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\nUpgrade: websocket\r\n"
+                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                        f"{offer}\r\n").encode()
+        self.inflater: Any = None
+        self.fresh_inflater = False
+        self.subscribes = b"".join(_masked(1, json.dumps({"op": "subscribe", "stream": s}).encode())
+                                   for s in spec.streams)
+        self.totals = totals
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.open_needed = len(spec.streams)
+        self.last_needed = len(spec.streams)
+        self.buf = b""
+        self.head_done = False
+        self.count = 0
+        self.last: dict[bytes, int] = {}
+        self.gaps = 0
+        self.repeats = 0
+        self.finished = False
+        self.ended = False
+        self.error: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        buf = self.buf + data if self.buf else data
+        if not self.head_done:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if b" 101" not in buf[: buf.find(b"\r\n")]:
+                self._fail(buf[: buf.find(b"\r\n")].decode("latin-1"))
+                return
+            self.head_done = True
+            response = buf[:end].lower()
+            if b"permessage-deflate" in response:
+                self.inflater = zlib.decompressobj(-15)
+                self.fresh_inflater = b"server_no_context_takeover" in response
+            buf = buf[end + 4:]
+            assert self.transport is not None
+            self.transport.write(self.subscribes)
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            opcode = buf[pos] & 0x0F
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                head = 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                head = 10
+            if size - pos < head + length:
+                break
+            payload = buf[pos + head:pos + head + length]
+            pos += head + length
+            if opcode == 1:
+                if buf[pos - head - length] & 0x40 and self.inflater is not None:  # RSV1: compressed
+                    if self.fresh_inflater:
+                        self.inflater = zlib.decompressobj(-15)
+                    payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
+                self._text(payload, now)
+            elif opcode == 9 and self.transport is not None:
+                self.transport.write(_masked(10, payload))
+            elif opcode == 8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self._fail(f"closed by server: {code} {payload[2:].decode(errors='replace')}")
+                return
+        self.buf = buf[pos:]
+
+    def _text(self, payload: bytes, now: int) -> None:
+        if payload.startswith(b'{"seq":'):
+            comma = payload.find(b",", 7)
+            seq = int(payload[7:comma])
+            start = payload.find(b'"stream":"', comma) + 10
+            stream = payload[start:payload.find(b'"', start)]
+            last = self.last.get(stream, 0)
+            if last and seq != last + 1:
+                if seq > last:
+                    self.gaps += seq - last - 1
+                else:
+                    self.repeats += 1
+            self.last[stream] = seq
+            self.count += 1
+            ts = payload.find(b'"bts":')
+            if ts >= 0:
+                self.totals.latencies.append(now - int(payload[ts + 6:payload.find(b",", ts + 6)]))
+            if LAST_MARK in payload:
+                self.last_needed -= 1
+                if self.last_needed == 0:
+                    self.finished = True
+                    self.totals.finished += 1
+                    self._end()
+        elif OPEN_MARK in payload:
+            self.open_needed -= 1
+            if self.open_needed == 0 and not self.opened.done():
+                self.opened.set_result(now)
+
+    def _fail(self, error: str) -> None:
+        if self.error is None:
+            self.error = error
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(error))
+        if self.transport is not None:
+            self.transport.abort()
+        self._end()
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.totals.end()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished and self.error is None:
+            self._fail("closed by server" if exc is None else repr(exc))
+        self._end()
+
+
+async def _open(spec: WsSpec, totals: _Totals, gate: asyncio.Semaphore) -> WsConnection:
+    loop = asyncio.get_running_loop()
+    conn = WsConnection(spec, totals)
+    async with gate:
+        try:
+            await loop.create_connection(lambda: conn, spec.host, spec.port)
+            await asyncio.wait_for(asyncio.shield(conn.opened), spec.open_timeout)
+        except (OSError, TimeoutError) as exc:
+            conn._fail(repr(exc))
+    return conn
+
+
+async def _ws_run(spec: WsSpec, pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    totals = _Totals(spec.connections)
+    gate = asyncio.Semaphore(spec.connect_concurrency)
+    conns = await asyncio.gather(*(_open(spec, totals, gate) for _ in range(spec.connections)))
+    for conn in conns:
+        if conn.opened.done() and not conn.opened.cancelled():
+            conn.opened.exception()
+    errors = [c.error for c in conns if c.error is not None]
+    pipe.send(("ready", {"open": len(conns) - len(errors), "errors": errors[:5], "error_count": len(errors)}))
+    stop = asyncio.Event()
+    loop.add_reader(pipe.fileno(), stop.set)
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(totals.all_ended.wait())]
+    await asyncio.wait(waits, timeout=spec.deadline, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waits:
+        waiter.cancel()
+    loop.remove_reader(pipe.fileno())
+    os.set_blocking(pipe.fileno(), True)
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.abort()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    errors = [c.error for c in conns if c.error is not None and not c.finished]
+    pipe.send(("result", {
+        "connections": len(conns), "received": sum(c.count for c in conns), "finished": totals.finished,
+        "gaps": sum(c.gaps for c in conns), "repeats": sum(c.repeats for c in conns),
+        "errors": errors[:5], "error_count": len(errors), "latencies": totals.latencies.tobytes(),
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+    }))
+
+
+def ws_client_process(spec: WsSpec, pipe: Connection) -> None:
+    raise_nofile()
+    import uvloop
+
+    try:
+        uvloop.run(_ws_run(spec, pipe))
+    finally:
+        pipe.close()
+
+
+class Clients:
+    """Forked load client processes, ended on exit whatever happened."""
+
+    def __init__(self, jobs: list[tuple[Any, Any]]) -> None:
+        self.jobs = jobs  # (target function, spec)
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.pipes: list[Connection] = []
+
+    def __enter__(self) -> Clients:
+        mp = multiprocessing.get_context("fork")
+        for target, spec in self.jobs:
+            parent, child = mp.Pipe()
+            proc = mp.Process(target=target, args=(spec, child), daemon=True)
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.pipes.append(parent)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(3)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for pipe in self.pipes:
+            pipe.close()
+
+    def receive(self, kind: str, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        out = []
+        for proc, pipe in zip(self.procs, self.pipes, strict=True):
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"a load client sent no {kind!r} within {timeout:.0f} s (alive: {proc.is_alive()})")
+            got, payload = pipe.recv()
+            if got != kind:
+                raise RuntimeError(f"a load client sent {got!r}, expected {kind!r}")
+            out.append(payload)
+        return out
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class Result:
+    connected: int = 0
+    published: int = 0
+    received: int = 0
+    lost: int = 0
+    gaps: int = 0
+    repeats: int = 0
+    errors: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    cpu_per_100k: float | None = None
+    busy_pct: float = 0.0
+    client_cpu: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _percentile(values: list[int], q: float) -> float:
+    return float(values[min(len(values) - 1, max(0, round(q * len(values)) - 1))])
+
+
+def _measure(server: Server, jobs: list[tuple[Any, Any]], publish: str, spec: PublishSpec,
+             expected_per_connection: int, drain: float) -> Result:
+    result = Result()
+    with Clients(jobs) as clients:
+        ready = clients.receive("ready", 180)
+        result.connected = sum(r["open"] for r in ready)
+        failed = sum(r["error_count"] for r in ready)
+        if failed:
+            result.notes.append(f"{failed} connections failed to open: {ready[0]['errors'][:2]}")
+        cpu0, wall0 = server.cpu(), time.monotonic()
+        timeout = spec.n / spec.rate + 120 if spec.rate else 300
+        result.published = server.request("POST", f"{publish}{spec.query()}", timeout)["published"]
+        results = clients.receive("result", drain + 60)
+        cpu, wall = server.cpu() - cpu0, time.monotonic() - wall0
+    result.received = sum(r["received"] for r in results)
+    result.lost = expected_per_connection * result.connected - result.received
+    result.gaps = sum(r["gaps"] for r in results)
+    result.repeats = sum(r["repeats"] for r in results)
+    result.errors = sum(r["error_count"] for r in results)
+    result.client_cpu = sum(r["cpu_seconds"] for r in results)
+    if result.errors:
+        result.notes.append(f"connections ended early: {result.errors} ({results[0]['errors'][:2]})")
+    latencies = sorted(v for r in results for v in latencies_from(r))
+    if latencies:
+        result.p50_ms = _percentile(latencies, 0.50) / 1e6
+        result.p99_ms = _percentile(latencies, 0.99) / 1e6
+        result.max_ms = latencies[-1] / 1e6
+    result.cpu_per_100k = cpu * 100_000 / result.received if result.received else None
+    result.busy_pct = 100 * cpu / wall
+    return result
+
+
+def fanout(workdir: Path, transport: str, subscribers: int, rate: float, seconds: float, processes: int,
+           drain: float) -> Result:
+    """N subscribers of the `tasks` stream over `transport` ("sse", "ws", or "ws+deflate": WebSocket
+    with permessage-deflate negotiated, as browsers do), `rate` events/s."""
+    with Server(workdir) as server:
+        counts = _split(subscribers, processes)
+        deadline = seconds + drain + 10
+        if transport == "sse":
+            jobs: list[tuple[Any, Any]] = [(client_process, ClientSpec(HOST, server.port, "/api/stream/tasks", n,
+                                                                       "latency", deadline=deadline)) for n in counts]
+        else:
+            jobs = [(ws_client_process, WsSpec(HOST, server.port, ("tasks",), n, deadline,
+                                               deflate=transport == "ws+deflate")) for n in counts]
+        n = max(1, round(rate * seconds))
+        return _measure(server, jobs, "/bench/publish?", PublishSpec(n=n, rate=rate), n, drain)
+
+
+def multiplex(workdir: Path, streams: int, rate: float, seconds: float, drain: float) -> Result:
+    """One WebSocket subscribed to `streams` console streams, each published to at `rate` events/s."""
+    with Server(workdir) as server:
+        server.request("POST", f"/bench/ws/setup?streams={streams}", 120)
+        names = tuple(f"konsole/{SESSION_PREFIX}{i}" for i in range(streams))
+        # Each stream starts with its `session.created` event, which the subscription replays first.
+        spec = WsSpec(HOST, server.port, names, 1, deadline=seconds + drain + 10)
+        rounds = max(1, round(rate * seconds))
+        result = _measure(server, [(ws_client_process, spec)], f"/bench/ws/publish?streams={streams}&",
+                          PublishSpec(n=rounds, rate=rate), rounds * streams + streams, drain)
+        result.published += streams  # the session.created events
+        return result
+
+
+# --------------------------------------------------------------------------- tables (run.py) and __main__
+
+
+def _fill(table: Any, column: str, result: Result, rows: dict[str, Any]) -> None:
+    values = {"connected": result.connected, "p50": result.p50_ms, "p99": result.p99_ms, "max": result.max_ms,
+              "cpu": result.cpu_per_100k, "busy": result.busy_pct, "deliveries": result.received,
+              "lost": result.lost}
+    for key, row in rows.items():
+        row.values[column] = values[key]
+    for note in result.notes:
+        table.notes.append(f"{column}: {note}")
+    if result.gaps or result.repeats:
+        table.notes.append(f"{column}: gaps in seqs {result.gaps}, repeated seqs {result.repeats}")
+
+
+def _rows(table: Any) -> dict[str, Any]:
+    return {
+        "connected": table.row("subscribers connected", ratio=False),
+        "p50": table.row("latency p50 (ms)", fmt="{:,.2f}"),
+        "p99": table.row("latency p99 (ms)", fmt="{:,.2f}"),
+        "max": table.row("latency max (ms)", fmt="{:,.1f}"),
+        "cpu": table.row("server CPU-s per 100k deliveries", fmt="{:,.3f}"),
+        "busy": table.row("server CPU busy (% of one core)", fmt="{:,.0f}"),
+        "deliveries": table.row("deliveries", ratio=False),
+        "lost": table.row("events lost", ratio=False),
+    }
+
+
+def case_ws_fanout(ctx: Any, table_class: Any) -> Any:
+    """run.py: `Case("ws_fanout", lambda ctx: bench_ws.case_ws_fanout(ctx, Table))`; columns sse, ws,
+    ws+deflate."""
+    args = ctx.args
+    subs, rate, seconds = args.fanout_subscribers, args.fanout_rate, args.fanout_seconds
+    table = table_class("ws_fanout", f"WebSocket fan-out: {subs:,} subscribers × {rate:g} events/s for {seconds:g} s",
+                        "The agentwire server alone, one stream (`tasks`); the same run over SSE "
+                        "(`/api/stream/tasks`) and over WebSocket (`/api/ws`, one subscribe per socket), "
+                        "without and with permessage-deflate (which browsers always offer and uvicorn accepts "
+                        "by default). Latency publish→receive of every delivery; server CPU from /proc/<pid>/stat.")
+    rows = _rows(table)
+    for transport in ("sse", "ws", "ws+deflate"):
+        log(f"ws_fanout: {transport}")
+        try:
+            result = fanout(ctx.workdir, transport, subs, rate, seconds, args.client_processes, args.drain_seconds)
+        except Exception as exc:
+            table.notes.append(f"{transport}: error: {type(exc).__name__}: {exc}"[:600])
+            continue
+        _fill(table, transport, result, rows)
+    return table
+
+
+def case_ws_multiplex(ctx: Any, table_class: Any) -> Any:
+    """run.py: `Case("ws_multiplex", lambda ctx: bench_ws.case_ws_multiplex(ctx, Table))`; column ws."""
+    args = ctx.args
+    streams = getattr(args, "ws_streams", None) or (20 if args.quick else 100)
+    rate = getattr(args, "ws_stream_rate", None) or 10.0
+    seconds = args.fanout_seconds
+    table = table_class("ws_multiplex", f"One WebSocket, {streams} streams × {rate:g} events/s for {seconds:g} s",
+                        f"One socket subscribed to {streams} console streams; every stream gets {rate:g} events/s "
+                        f"({streams * rate:,.0f} events/s on the socket), published {streams} per journal call.")
+    rows = _rows(table)
+    rows["connected"].label = "sockets connected"
+    log("ws_multiplex")
+    try:
+        _fill(table, "ws", multiplex(ctx.workdir, streams, rate, seconds, args.drain_seconds), rows)
+    except Exception as exc:
+        table.notes.append(f"ws: error: {type(exc).__name__}: {exc}"[:600])
+    return table
+
+
+@dataclass
+class _Row:
+    label: str
+    fmt: str = "{:,.0f}"
+    ratio: bool = True
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Table:
+    """Enough of run.py's `Table` to run the cases on their own."""
+
+    case: str
+    title: str
+    goal: str
+    rows: list[_Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, label: str, fmt: str = "{:,.0f}", ratio: bool = True) -> _Row:
+        self.rows.append(_Row(label, fmt, ratio))
+        return self.rows[-1]
+
+    def render(self) -> str:
+        columns = sorted({c for row in self.rows for c in row.values}, key=["sse", "ws", "ws+deflate"].index)
+        lines = [f"### {self.title}", "", self.goal, "", "| metric | " + " | ".join(columns) + " |",
+                 "|---|" + "---:|" * len(columns)]
+        for row in self.rows:
+            cells = ["n/a" if row.values.get(c) is None else row.fmt.format(row.values[c]) for c in columns]
+            lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+        lines += [""] + [f"- {note}" for note in self.notes] if self.notes else []
+        return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        serve(argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="fanout,multiplex")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--fanout-subscribers", type=int)
+    parser.add_argument("--fanout-rate", type=float, default=50.0)
+    parser.add_argument("--fanout-seconds", type=float)
+    parser.add_argument("--ws-streams", type=int)
+    parser.add_argument("--ws-stream-rate", type=float)
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--drain-seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    if args.fanout_subscribers is None:
+        args.fanout_subscribers = 100 if args.quick else 1000
+    if args.fanout_seconds is None:
+        args.fanout_seconds = 2.0 if args.quick else 10.0
+    raise_nofile()
+
+    @dataclass
+    class Ctx:
+        args: argparse.Namespace
+        workdir: Path
+
+    with tempfile.TemporaryDirectory(prefix="agentwire-wsbench-") as tmp:
+        ctx = Ctx(args, Path(tmp))
+        wanted = {c.strip() for c in args.cases.split(",")}
+        if "fanout" in wanted:
+            print(case_ws_fanout(ctx, _Table).render(), flush=True)
+        if "multiplex" in wanted:
+            print(case_ws_multiplex(ctx, _Table).render(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

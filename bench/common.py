@@ -1,0 +1,124 @@
+"""Shared by the benchmark driver, its load clients and its servers: stdlib only, cheap to import.
+
+Every server under test offers the same bench-only endpoints, so the driver treats them alike:
+
+- `POST /bench/publish?n=&rate=&batch=&seconds=` runs `publish_loop` in the server process and
+  answers, once it is done, `{"published": count, "seconds": elapsed}`;
+- `GET /bench/stats` answers `{"subscribers": n, "published": seq}` (also the readiness probe).
+
+Each published event's data is `{"bts": <publish time, time.time_ns()>, "i": <index in the run>,
+"text": TEXT}`; the run's final event also carries `"last": 1`, which tells clients to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import resource
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+STREAM = "tasks"
+EVENT_TYPE = "bench"
+# About the size of one streamed text delta of an agent's answer.
+TEXT = "The quick brown fox jumps over the lazy dog. "
+
+PR_SET_PDEATHSIG = 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def raise_nofile() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (thousands of sockets); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies, so that a benchmark
+    driver killed outright (SIGKILL) leaves no server or client behind. A no-op elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        stat = f.read()
+    # The command name (field 2) may hold spaces: the fields after it start behind the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc/<pid>/statm."""
+    with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * PAGE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSpec:
+    """One publish run: `n` events in all (the last one marked), `batch` per publish call,
+    paced at `rate` events/s (0: as fast as the server takes them), stopped early after `seconds`
+    (0: no time limit) by publishing the marked last event at once."""
+
+    n: int
+    rate: float = 0.0
+    batch: int = 1
+    seconds: float = 0.0
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> PublishSpec:
+        return cls(
+            n=max(1, int(query.get("n", "1"))),
+            rate=float(query.get("rate", "0")),
+            batch=max(1, int(query.get("batch", "1"))),
+            seconds=float(query.get("seconds", "0")),
+        )
+
+    def query(self) -> str:
+        return urlencode({"n": self.n, "rate": self.rate, "batch": self.batch, "seconds": self.seconds})
+
+
+Emit = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+async def publish_loop(spec: PublishSpec, emit: Emit) -> dict[str, Any]:
+    """Drive a server's publisher (`emit`, one call per batch of event data) as `spec` says."""
+    started = time.perf_counter()
+    deadline = started + spec.seconds if spec.seconds > 0 else None
+    i = 0
+    while i < spec.n:
+        if spec.rate > 0:
+            delay = started + i / spec.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        out_of_time = deadline is not None and time.perf_counter() >= deadline
+        k = 1 if out_of_time else min(spec.batch, spec.n - i)
+        ts = time.time_ns()
+        items: list[dict[str, Any]] = [{"bts": ts, "i": i + j, "text": TEXT} for j in range(k)]
+        if out_of_time or i + k == spec.n:
+            items[-1]["last"] = 1
+        await emit(items)
+        i += k
+        if out_of_time:
+            break
+        if spec.rate <= 0:
+            await asyncio.sleep(0)  # let the writers run between bursts, as a real producer would
+    return {"published": i, "seconds": time.perf_counter() - started}

@@ -1,0 +1,315 @@
+// Wiring: the connection manager, the sessions list, the console, the board, the status indicator.
+
+import * as api from './api.js';
+import { BoardView } from './board.js';
+import { ConsoleView } from './console.js';
+import { $, clear, h } from './dom.js';
+import { chosenTransport, describeStatus, Net } from './net.js';
+
+const metrics = {};
+const net = new Net({ transport: chosenTransport() });
+const els = {
+  status: $('#net-status'), statusText: $('#net-text'), transport: $('#transport'),
+  tabs: { console: $('#tab-console'), board: $('#tab-board') }, boardCount: $('#board-count'),
+  views: { console: $('#view-console'), board: $('#view-board') },
+  sessions: $('#session-list'), newSessionButton: $('#new-session-btn'), newSession: $('#new-session'),
+  sessionsToggle: $('#sessions-toggle'), sessionName: $('#session-name'), sessionModel: $('#session-model'),
+  agentState: $('#agent-state'), composer: $('#composer'), input: $('#input'), send: $('#send'),
+  cancel: $('#cancel'), quickForm: $('#quick-form'), quickInput: $('#quick-input'), quickSend: $('#quick-send'),
+  toasts: $('#toasts'),
+};
+
+function toast(message, kind = 'info') {
+  const el = h('div', { class: `toast ${kind}`, role: kind === 'error' ? 'alert' : 'status' }, message);
+  els.toasts.append(el);
+  setTimeout(() => el.remove(), kind === 'error' ? 7000 : 3500);
+}
+
+const consoleView = new ConsoleView({
+  net, metrics, onToast: toast, lanes: { main: $('#lane-main'), quick: $('#lane-quick') },
+});
+const board = new BoardView({
+  net, metrics, onToast: toast,
+  root: { list: $('#task-list'), statusFilter: $('#status-filter'), tagFilter: $('#tag-filter'), search: $('#task-search') },
+});
+
+// status indicator
+
+function showStatus(status) {
+  els.status.dataset.state = status.state;
+  els.statusText.textContent = describeStatus(status);
+  els.status.title = status.error ? `last error: ${status.error}` : '';
+  const offline = status.state === 'offline';
+  for (const el of [els.input, els.send, els.quickInput, els.quickSend]) el.disabled = offline;
+  els.input.placeholder = offline ? 'Offline — your text stays here until the network is back'
+    : 'Message the agent — Enter to send, Shift+Enter for a new line';
+  if (status.state === 'connected') refreshSessions();
+}
+net.addEventListener('status', (event) => showStatus(event.detail));
+net.addEventListener('unauthorized', () => toast('Not signed in: open the link that `agentwire serve` printed.', 'error'));
+showStatus(net.status);
+
+els.transport.value = net.kind;
+els.transport.addEventListener('change', () => {
+  localStorage.setItem('agentwire.transport', els.transport.value);
+  net.setTransport(els.transport.value);
+});
+net.addEventListener('transport', (event) => { els.transport.value = event.detail; });
+
+// views
+
+function showView(name) {
+  for (const [key, el] of Object.entries(els.views)) el.hidden = key !== name;
+  for (const [key, tab] of Object.entries(els.tabs)) tab.setAttribute('aria-selected', String(key === name));
+  document.body.dataset.view = name;
+  board.setVisible(name === 'board');
+  if (name === 'console') els.input.focus({ preventScroll: true });
+}
+els.tabs.console.addEventListener('click', () => { location.hash = `#/s/${encodeURIComponent(consoleView.session || '')}`; });
+els.tabs.board.addEventListener('click', () => { location.hash = '#/board'; });
+
+board.addEventListener('change', () => {
+  els.boardCount.textContent = board.unseen ? String(board.unseen) : '';
+  els.boardCount.hidden = !board.unseen;
+});
+board.addEventListener('chosen', (event) => {
+  const { task } = event.detail;
+  toast(`Sent to ${task.session}: “${task.context && task.context.chosen ? task.context.chosen : 'your choice'}”`);
+  if (task.session) location.hash = `#/s/${encodeURIComponent(task.session)}`;
+});
+
+// sessions
+
+let sessions = [];
+let refreshing = null;
+
+async function refreshSessions() {
+  if (refreshing) return refreshing;
+  refreshing = (async () => {
+    try {
+      const body = await api.get('/api/konsole');
+      sessions = body.sessions || [];
+      renderSessions();
+    } catch {
+      // the indicator tells; the list stays as it was
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+function renderSessions() {
+  clear(els.sessions).append(...sessions.map((s) => {
+    const current = s.name === consoleView.session;
+    const state = current ? (consoleView.fold.state.agent_state || 'idle') : (s.agent_state || 'idle');
+    return h('li', {},
+      h('a', {
+        href: `#/s/${encodeURIComponent(s.name)}`, class: `session${current ? ' current' : ''}`,
+        'aria-current': current ? 'true' : null, 'data-session': s.name,
+      },
+      h('span', { class: `state-dot state-${state}`, title: state }),
+      h('span', { class: 'session-name' }, s.name),
+      h('span', { class: 'session-model' }, [s.provider, s.model].filter(Boolean).join(' · ')),
+      h('span', { class: 'session-state' }, state === 'idle' ? '' : state.replace(/_/g, ' '))));
+  }));
+}
+
+function sessionInfo(name) {
+  return sessions.find((s) => s.name === name);
+}
+
+function openSession(name) {
+  if (consoleView.session === name) return;
+  saveDraft();
+  consoleView.open(name);
+  els.input.value = sessionStorage.getItem(`agentwire.draft.${name}`) || '';
+  autosize();
+  localStorage.setItem('agentwire.session', name);
+  document.body.classList.remove('drawer-open');
+  updateHeader();
+  renderSessions();
+}
+
+function updateHeader() {
+  const name = consoleView.session || '';
+  const info = sessionInfo(name) || {};
+  const running = consoleView.fold.turns && [...consoleView.fold.turns.values()].find((t) => t.status === 'running' && t.provider);
+  els.sessionName.textContent = name;
+  els.sessionModel.textContent = [info.provider || (running && running.provider), info.model || (running && running.model)]
+    .filter(Boolean).join(' · ');
+  const state = consoleView.fold.state.agent_state || 'idle';
+  els.agentState.textContent = consoleView.agentState;
+  els.agentState.dataset.state = state;
+  const open = consoleView.running;
+  els.cancel.hidden = !open.some((t) => t.status === 'running');
+  document.title = `${state === 'idle' ? '' : '● '}${name} — agentwire`;
+}
+
+let lastState = null;
+consoleView.addEventListener('change', () => {
+  updateHeader();
+  const state = consoleView.fold.state.agent_state;
+  if (state !== lastState) {
+    lastState = state;
+    renderSessions();
+  }
+});
+
+els.newSessionButton.addEventListener('click', () => {
+  els.newSession.hidden = !els.newSession.hidden;
+  if (!els.newSession.hidden) els.newSession.elements.name.focus();
+});
+els.newSession.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const form = els.newSession.elements;
+  const body = {};
+  if (form.name.value.trim()) body.name = form.name.value.trim();
+  if (form.provider.value.trim()) body.provider = form.provider.value.trim();
+  if (form.model.value.trim()) body.model = form.model.value.trim();
+  if (form.options.value.trim()) {
+    try {
+      body.options = JSON.parse(form.options.value);
+    } catch {
+      toast('Options must be JSON, e.g. {"deltas": 200}', 'error');
+      return;
+    }
+  }
+  try {
+    const created = await api.post('/api/konsole', body);
+    els.newSession.reset();
+    els.newSession.hidden = true;
+    await refreshSessions();
+    location.hash = `#/s/${encodeURIComponent(created.name)}`;
+  } catch (error) {
+    toast(`Could not create the session: ${error.message}`, 'error');
+  }
+});
+els.sessionsToggle.addEventListener('click', () => document.body.classList.toggle('drawer-open'));
+
+// sending
+
+function saveDraft() {
+  if (consoleView.session) sessionStorage.setItem(`agentwire.draft.${consoleView.session}`, els.input.value);
+}
+
+function autosize() {
+  els.input.style.height = 'auto';
+  els.input.style.height = `${Math.min(220, els.input.scrollHeight + 2)}px`;
+}
+
+async function sendTurn(text, lane) {
+  const session = consoleView.session;
+  const ws = net.ws;
+  if (ws) {
+    const ack = await ws.send({ op: 'send', session, message: text, lane });
+    return { turn: ack.turn || (ack.data && ack.data.turn) };
+  }
+  return api.startTurn(session, text, lane);
+}
+
+async function submit(input, lane) {
+  const text = input.value;
+  if (!text.trim() || !consoleView.session || net.status.state === 'offline' || input.dataset.sending) return;
+  consoleView.expect(text, lane);
+  input.dataset.sending = '1';
+  try {
+    await sendTurn(text, lane);
+    // Cleared only once the server has the message; a failed send keeps what was typed.
+    if (input.value === text) input.value = '';
+    if (lane === 'main') {
+      saveDraft();
+      autosize();
+    }
+  } catch (error) {
+    toast(`Not sent (${error.message}); your text is kept.`, 'error');
+  } finally {
+    delete input.dataset.sending;
+  }
+}
+
+els.composer.addEventListener('submit', (event) => {
+  event.preventDefault();
+  submit(els.input, 'main');
+});
+els.input.addEventListener('keydown', (event) => {
+  if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    submit(els.input, 'main');
+  }
+});
+els.input.addEventListener('input', () => {
+  autosize();
+  saveDraft();
+});
+els.quickForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  submit(els.quickInput, 'quick');
+});
+els.cancel.addEventListener('click', async () => {
+  els.cancel.disabled = true;
+  try {
+    const ws = net.ws;
+    if (ws) await ws.send({ op: 'cancel', session: consoleView.session });
+    else await api.post(api.sessionPath(consoleView.session, '/cancel'), {});
+  } catch (error) {
+    toast(`Could not cancel: ${error.message}`, 'error');
+  } finally {
+    els.cancel.disabled = false;
+  }
+});
+
+// routing: #/s/<session> or #/board
+
+function defaultSession() {
+  const saved = localStorage.getItem('agentwire.session') || '';
+  if (sessionInfo(saved)) return saved;
+  return sessions.length ? sessions[sessions.length - 1].name : saved || 'dashboard';
+}
+
+async function ensureSession(name) {
+  if (sessionInfo(name)) return;
+  // Like /api/konsole/dashboard/stream in the original dashboards: a new name makes a session.
+  try {
+    await api.post('/api/konsole', { name });
+  } catch (error) {
+    if (error.status !== 409) toast(`Could not open session ${name}: ${error.message}`, 'error');
+  }
+  await refreshSessions();
+}
+
+async function route() {
+  const hash = location.hash;
+  if (hash === '#/board') {
+    showView('board');
+    if (!consoleView.session) {
+      const name = defaultSession();
+      await ensureSession(name);
+      openSession(name);
+    }
+    return;
+  }
+  const match = /^#\/s\/(.+)$/.exec(hash);
+  const name = match ? decodeURIComponent(match[1]) : defaultSession();
+  if (!match) history.replaceState(null, '', `${location.pathname}${location.search}#/s/${encodeURIComponent(name)}`);
+  await ensureSession(name);
+  openSession(name);
+  showView('console');
+}
+addEventListener('hashchange', route);
+
+setInterval(() => {
+  if (!document.hidden && net.status.state === 'connected') refreshSessions();
+}, 10000);
+
+window.__aw = { net, console: consoleView, board, metrics };
+
+(async () => {
+  for (let attempt = 0; attempt < 3 && !sessions.length; attempt += 1) {
+    await refreshSessions();
+    if (!sessions.length) await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+  await route();
+  board.start();
+  net.start();
+})();

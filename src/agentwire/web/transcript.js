@@ -1,0 +1,188 @@
+// The browser's fold of a session stream: the same entries as the server's
+// `agentwire.console.transcript.Transcript` (one per message, not per delta), so a page that
+// followed the stream live and a page that loaded `/messages` show the same thing.
+//
+// One addition: a `todos` entry per turn, placed where the turn first wrote its todo list and
+// updated in place (the server keeps only the session's latest list).
+
+export const TERMINAL = new Set(['turn.completed', 'turn.failed', 'turn.cancelled']);
+const BLOCK_KINDS = {
+  'text.delta': 'text', 'text.done': 'text', 'thinking.delta': 'thinking', 'thinking.done': 'thinking',
+};
+const IDLE = { agent_state: 'idle', outstanding_llm_calls: 0, outstanding_tool_calls: [] };
+
+export class Transcript {
+  constructor() {
+    this.seq = 0;
+    this.entries = [];
+    this.todos = [];
+    this.turns = new Map();
+    this.usage = { input_tokens: 0, output_tokens: 0 };
+    this.state = { ...IDLE };
+    this.blocks = new Map();
+    this.tools = new Map();
+    this.todoEntries = new Map();
+  }
+
+  // Apply one envelope; returns {entry, added, delta} for the view, or null if nothing to show.
+  apply(envelope) {
+    if (typeof envelope.seq === 'number') {
+      if (envelope.seq <= this.seq) return null;
+      this.seq = envelope.seq;
+    }
+    return this.applyEnvelope(envelope);
+  }
+
+  applyEnvelope(envelope) {
+    const kind = envelope.type;
+    const data = envelope.data || {};
+    const turn = envelope.turn || '';
+    const lane = envelope.lane || 'main';
+    const seq = envelope.seq || 0;
+    const base = { turn, lane, seq };
+    if (kind === 'turn.queued' || kind === 'turn.started') {
+      let summary = this.turns.get(turn);
+      let change = null;
+      if (!summary) {
+        summary = { id: turn, lane, message: data.message || '', status: 'queued', started_seq: seq };
+        this.turns.set(turn, summary);
+        const entry = { ...base, role: 'user', kind: 'message', text: summary.message };
+        this.entries.push(entry);
+        change = { entry, added: true, turnChanged: turn };
+      }
+      if (kind === 'turn.started') {
+        summary.status = 'running';
+        summary.provider = data.provider;
+        summary.model = data.model;
+      }
+      return change || { turnChanged: turn };
+    }
+    if (kind in BLOCK_KINDS) {
+      const family = BLOCK_KINDS[kind];
+      const key = `${turn}\u0000${family}\u0000${Number(data.block || 0)}`;
+      let entry = this.blocks.get(key);
+      let added = false;
+      if (!entry) {
+        entry = { ...base, role: 'assistant', kind: family, block: Number(data.block || 0), text: '', done: false };
+        this.blocks.set(key, entry);
+        this.entries.push(entry);
+        added = true;
+      }
+      let delta;
+      if (kind.endsWith('.delta')) {
+        delta = data.text || '';
+        entry.text += delta;
+      } else {
+        entry.text = data.text !== undefined ? data.text : entry.text;
+        entry.done = true;
+      }
+      entry.seq = seq;
+      return { entry, added, delta };
+    }
+    if (kind === 'tool.call') {
+      const entry = {
+        ...base, role: 'assistant', kind: 'tool', call_id: data.call_id, name: data.name, input: data.input,
+        output: null, is_error: false, duration_ms: null, done: false,
+      };
+      this.tools.set(String(data.call_id), entry);
+      this.entries.push(entry);
+      return { entry, added: true };
+    }
+    if (kind === 'tool.result') {
+      let entry = this.tools.get(String(data.call_id));
+      let added = false;
+      if (!entry) {
+        entry = { ...base, role: 'assistant', kind: 'tool', call_id: data.call_id, name: null, input: null };
+        this.entries.push(entry);
+        added = true;
+      }
+      Object.assign(entry, {
+        output: data.output, is_error: Boolean(data.is_error), duration_ms: data.duration_ms, done: true, seq,
+      });
+      return { entry, added };
+    }
+    if (kind === 'todo.updated') {
+      this.todos = [...(data.todos || [])];
+      let entry = this.todoEntries.get(turn);
+      let added = false;
+      if (!entry) {
+        entry = { ...base, role: 'assistant', kind: 'todos', todos: [] };
+        this.todoEntries.set(turn, entry);
+        this.entries.push(entry);
+        added = true;
+      }
+      entry.todos = this.todos;
+      entry.seq = seq;
+      return { entry, added };
+    }
+    if (kind === 'state') {
+      this.state = { ...pick(data, ['agent_state', 'outstanding_llm_calls', 'outstanding_tool_calls']), turn, lane };
+      return { stateChanged: true };
+    }
+    if (TERMINAL.has(kind)) {
+      const summary = this.turns.get(turn);
+      if (summary) {
+        summary.status = kind.split('.')[1];
+        summary.error = data.error || data.reason || null;
+      }
+      const usage = data.usage || {};
+      for (const name of ['input_tokens', 'output_tokens']) {
+        this.usage[name] = (this.usage[name] || 0) + Number(usage[name] || 0);
+      }
+      const entry = { ...base, role: 'system', kind, ...pick(data, ['stop_reason', 'usage', 'timing', 'error', 'reason']) };
+      this.entries.push(entry);
+      if (![...this.turns.values()].some((t) => t.status === 'running' || t.status === 'queued')) {
+        this.state = { ...IDLE };
+      }
+      return { entry, added: true, turnChanged: turn };
+    }
+    return null;
+  }
+
+  // Rebuild from `GET /api/konsole/{s}/messages` (a reset or a lost epoch): the server's entries,
+  // plus each turn's todo card from its last todo_write input.
+  static fromSnapshot(snapshot) {
+    const fold = new Transcript();
+    fold.seq = snapshot.seq || 0;
+    fold.todos = snapshot.todos || [];
+    const lastTodos = new Map();
+    for (const entry of snapshot.messages || []) {
+      if (entry.kind === 'tool' && entry.name === 'todo_write' && entry.input && Array.isArray(entry.input.todos)) {
+        lastTodos.set(entry.turn, entry.input.todos);
+      }
+    }
+    for (const entry of snapshot.messages || []) {
+      const copy = { ...entry };
+      fold.entries.push(copy);
+      if (copy.kind === 'message') {
+        const ended = (snapshot.messages || []).find((e) => e.turn === copy.turn && TERMINAL.has(e.kind));
+        fold.turns.set(copy.turn, {
+          id: copy.turn, lane: copy.lane, message: copy.text, started_seq: copy.seq,
+          status: ended ? ended.kind.split('.')[1] : 'running',
+        });
+      } else if (copy.kind === 'text' || copy.kind === 'thinking') {
+        fold.blocks.set(`${copy.turn}\u0000${copy.kind}\u0000${Number(copy.block || 0)}`, copy);
+      } else if (copy.kind === 'tool') {
+        fold.tools.set(String(copy.call_id), copy);
+        if (copy.name === 'todo_write' && lastTodos.has(copy.turn) && !fold.todoEntries.has(copy.turn)) {
+          const todos = { turn: copy.turn, lane: copy.lane, seq: copy.seq, role: 'assistant', kind: 'todos',
+                          todos: lastTodos.get(copy.turn) };
+          fold.todoEntries.set(copy.turn, todos);
+          fold.entries.push(todos);
+        }
+      }
+    }
+    return fold;
+  }
+
+  openTurns(lane) {
+    return [...this.turns.values()].filter((t) => (t.status === 'running' || t.status === 'queued')
+      && (!lane || t.lane === lane));
+  }
+}
+
+function pick(source, names) {
+  const out = {};
+  for (const name of names) if (name in source) out[name] = source[name];
+  return out;
+}

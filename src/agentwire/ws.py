@@ -1,0 +1,337 @@
+"""WebSocket (`GET /api/ws`, §6): one connection, many streams, on the same hub, journal and resume
+rules as SSE, so a client may switch transports mid-stream and resume at its last seq.
+
+Client → server, one JSON text frame each, answered in order by one `{"op": "ack", "ref", …}` or
+`{"op": "error", "ref", "error": {"code", "message"}}` (`ref` echoed when the request had one):
+
+- `{"op": "subscribe", "stream", "after"?: L, "from"?: N, "fold"?: bool}` — `after` (seq > L) wins
+  over `from` (seq >= N); neither: the stream's default start (console from its first event,
+  `tasks` from now). One subscription per stream per connection, `config.max_subscriptions` in all.
+- `{"op": "unsubscribe", "stream"}`; `{"op": "send", "session", "message", "lane"?, "if_busy"?}`
+  (ack: `turn`, `first_seq` of its first event); `{"op": "cancel", "session", "turn"?}`; `{"op": "ping"}`.
+
+Server → client, one text frame each: a journaled event is its envelope exactly as stored (it
+carries `stream` and `seq`); per subscription `stream.open` and, when the position cannot be served,
+`stream.reset`, shaped `{"stream", "type", "data"}` with no seq (after a reset the position is
+`data.head`); `{"op": "ping"}` after `config.heartbeat` seconds without a frame. A subscribe's
+`stream.open` (and reset) comes before its ack, the ack before the subscription's first event.
+
+A bad frame gets an error and the connection lives on. Close codes: 1003 binary frame, 1009 frame
+over `config.max_body`, 1011 journal failure, 1012 server shutdown, 4008 slow consumer (the outbox
+passed its limit). After any close the client resumes each stream after the last seq it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
+
+from agentwire.config import Config
+from agentwire.console import Console
+from agentwire.console.transcript import CatchUpFold
+from agentwire.hub import Hub, Outbox, Subscription
+from agentwire.resume import MAX_SEQ
+from agentwire.types import JSON, KONSOLE_PREFIX, TASKS_STREAM, AgentwireError, Conflict, Event
+
+log = logging.getLogger("agentwire.ws")
+
+CLOSE_UNSUPPORTED = 1003
+CLOSE_TOO_BIG = 1009
+CLOSE_ERROR = 1011
+CLOSE_SHUTDOWN = 1012
+CLOSE_SLOW = 4008
+# How long a closing frame may wait for a client that is not reading before the socket is dropped.
+CLOSE_GRACE = 5.0
+# The writer yields to the loop after this many frames: a long replay must not freeze the worker.
+YIELD_EVERY = 64
+
+PING = '{"op":"ping"}'
+T = TypeVar("T")
+
+
+def ws_frame(event: Event) -> bytes:
+    """The envelope and a newline, built the first time and kept on the event.
+
+    The outbox holds bytes and a replay page arrives joined; compact JSON never holds a raw
+    newline, so the writer cuts what it takes at newlines into one text frame per envelope.
+    """
+    frames = event.frames
+    if frames is None:
+        frames = event.frames = {}
+    frame = frames.get("ws")
+    if frame is None:
+        frame = frames["ws"] = event.raw + b"\n"
+    return frame
+
+
+def ws_control(stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
+    """`stream.open`/`stream.reset`: the envelope shape without a seq, since they are not journaled.
+
+    `seq` (the head, on a reset) is left out on purpose: a client that drops envelopes whose seq is
+    not above its last one would drop a reset sent after a position from another epoch.
+    """
+    return orjson.dumps({"stream": stream, "type": type, "data": data}) + b"\n"
+
+
+class WsOutbox(Outbox):
+    transport = "ws"
+
+    def encode(self, event: Event) -> bytes:
+        return ws_frame(event)
+
+    def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
+        return ws_control(stream, type, data, seq)
+
+    def reply(self, message: JSON) -> None:
+        self.put(orjson.dumps(message) + b"\n")
+
+
+def close_for(reason: str | None) -> tuple[int, str]:
+    if reason == "slow":
+        return CLOSE_SLOW, "slow consumer"
+    if reason == "shutdown":
+        return CLOSE_SHUTDOWN, "server shutdown"
+    return CLOSE_ERROR, (reason or "error")[:120]
+
+
+class WebSocketEndpoint:
+    """The ASGI app behind `/api/ws`: accepts the socket and runs one `_Connection` on it."""
+
+    def __init__(self, hub: Hub, console: Console, config: Config) -> None:
+        self.hub = hub
+        self.console = console
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        await _Connection(self).run(receive, send)
+
+
+def route(hub: Hub, console: Console, config: Config) -> WebSocketRoute:
+    return WebSocketRoute("/api/ws", WebSocketEndpoint(hub, console, config), name="ws")
+
+
+class _Connection:
+    """Three things race, as in `EventStreamResponse`: the writer (drains the outbox, one frame per
+    envelope, a ping when idle), the reader (handles requests one at a time, in order, and ends on
+    a disconnect or a frame that closes the socket), and an abort (slow consumer, shutdown)."""
+
+    def __init__(self, endpoint: WebSocketEndpoint) -> None:
+        self.hub = endpoint.hub
+        self.console = endpoint.console
+        self.config = endpoint.config
+        self.outbox = WsOutbox(self.hub.buffer_limit)
+        self.subscriptions: dict[str, Subscription] = {}
+        self.ops: dict[str, Callable[[JSON], Awaitable[JSON]]] = {
+            "subscribe": self._subscribe, "unsubscribe": self._unsubscribe, "send": self._send,
+            "cancel": self._cancel, "ping": self._ping,
+        }
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        self.hub.register(self.outbox)
+        try:
+            writer = asyncio.create_task(self._write(send), name="ws writer")
+            reader = asyncio.create_task(self._read(receive), name="ws reader")
+            aborted = asyncio.create_task(self.outbox.aborted.wait(), name="ws abort")
+            done, pending = await asyncio.wait({writer, reader, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+            for task in (writer, reader):
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    if not isinstance(exc, OSError):  # OSError: the client is gone (uvicorn's ClientDisconnected)
+                        log.error("websocket %s failed", task.get_name(), exc_info=exc)
+            code: int | None = None
+            reason = ""
+            if reader in done:
+                code = reader.result() if reader.exception() is None else CLOSE_ERROR
+            elif self.outbox.reason is not None:
+                code, reason = close_for(self.outbox.reason)
+            elif writer in done and writer.exception() is None:  # the outbox ended
+                code = 1000
+            if code is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(send({"type": "websocket.close", "code": code, "reason": reason}),
+                                           CLOSE_GRACE)
+        finally:
+            self.outbox.abort("closed")
+            for subscription in self.subscriptions.values():
+                subscription.close()
+            self.subscriptions.clear()
+            self.hub.unregister(self.outbox)
+
+    async def _write(self, send: Send) -> None:
+        outbox = self.outbox
+        heartbeat = self.config.heartbeat
+        while True:
+            chunks = await outbox.take(heartbeat)
+            if chunks is None:
+                return
+            if not chunks:
+                await send({"type": "websocket.send", "text": PING})
+                continue
+            sent = 0
+            for chunk in chunks:
+                for text in chunk.decode().split("\n"):
+                    if text:
+                        await send({"type": "websocket.send", "text": text})
+                        sent += 1
+                        if sent % YIELD_EVERY == 0:
+                            await asyncio.sleep(0)
+
+    async def _read(self, receive: Receive) -> int | None:
+        """Handle frames until the client leaves (None) or a frame closes the socket (its code)."""
+        limit = self.config.max_body
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                return None
+            if kind != "websocket.receive":
+                continue
+            text = message.get("text")
+            if text is None:
+                return CLOSE_UNSUPPORTED
+            if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+                return CLOSE_TOO_BIG
+            await self._handle(text)
+
+    async def _handle(self, text: str) -> None:
+        ref: Any = None
+        try:
+            try:
+                request = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise AgentwireError("frame is not JSON", code="bad_json") from None
+            if not isinstance(request, dict):
+                raise AgentwireError("frame must be a JSON object with an 'op'", code="bad_frame")
+            ref = request.get("ref")
+            op = request.get("op")
+            if op is None:
+                raise AgentwireError("op is required", code="missing_field", status=422, field="op")
+            handler = self.ops.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise AgentwireError(f"unknown op {str(op)[:40]!r}: use one of {', '.join(self.ops)}",
+                                     code="unknown_op", field="op")
+            result = await handler(request)
+        except AgentwireError as exc:
+            self.outbox.reply(_with_ref({"op": "error"}, ref) | exc.body())
+            return
+        except Exception:
+            log.exception("websocket request failed")
+            self.outbox.reply(_with_ref({"op": "error"}, ref) | {"error": {
+                "code": "internal_error", "message": "the server could not handle this request"}})
+            return
+        self.outbox.reply(_with_ref({"op": "ack"}, ref) | result)
+
+    # ops
+
+    async def _subscribe(self, request: JSON) -> JSON:
+        stream = _text(request, "stream")
+        if stream in self.subscriptions:
+            raise Conflict(f"already subscribed to {stream!r} on this connection: unsubscribe first",
+                           code="already_subscribed", field="stream")
+        if len(self.subscriptions) >= self.config.max_subscriptions:
+            raise AgentwireError(f"at most {self.config.max_subscriptions} subscriptions per connection",
+                                 code="too_many_subscriptions", status=429, field="stream")
+        after = _position(request, "after")
+        if after is None:
+            first = _position(request, "from")
+            after = None if first is None else max(0, first - 1)
+        fold = request.get("fold", False)
+        if not isinstance(fold, bool):
+            raise AgentwireError("fold must be true or false", code="bad_field", field="fold")
+        if stream == TASKS_STREAM:
+            at_head = True
+        elif stream.startswith(KONSOLE_PREFIX):
+            at_head = False
+            await self.console.session(stream[len(KONSOLE_PREFIX):])
+        else:
+            raise AgentwireError(f"unknown stream {stream[:80]!r}: use 'tasks' or 'konsole/<session>'",
+                                 code="bad_stream", field="stream")
+        self.subscriptions[stream] = await self.hub.subscribe(
+            stream, self.outbox, after, default_at_head=at_head, replay=CatchUpFold() if fold else None)
+        return {"stream": stream}
+
+    async def _unsubscribe(self, request: JSON) -> JSON:
+        stream = _text(request, "stream")
+        subscription = self.subscriptions.pop(stream, None)
+        if subscription is None:
+            raise AgentwireError(f"not subscribed to {stream[:80]!r}", code="not_subscribed", status=404,
+                                 field="stream")
+        subscription.close()
+        return {"stream": stream}
+
+    async def _send(self, request: JSON) -> JSON:
+        session = _text(request, "session")
+        message = _text(request, "message", limit=None)
+        lane = request.get("lane", "main")
+        if lane not in ("main", "quick"):
+            raise AgentwireError("lane must be 'main' or 'quick'", code="bad_lane", status=422, field="lane")
+        if_busy = request.get("if_busy", "queue")
+        if if_busy not in ("queue", "reject"):
+            raise AgentwireError("if_busy must be 'queue' or 'reject'", code="bad_if_busy", status=422,
+                                 field="if_busy")
+        turn = await _finish(self.console.submit(session, message, lane, if_busy))
+        assert turn.first_event is not None
+        # `first_seq`, not `seq`: an ack must never look like an event to a client that checks for a seq.
+        return {"turn": turn.id, "session": session, "lane": lane, "first_seq": turn.first_event.seq}
+
+    async def _cancel(self, request: JSON) -> JSON:
+        session = _text(request, "session")
+        turn = _text(request, "turn", required=False)
+        return await _finish(self.console.cancel(session, turn))
+
+    async def _ping(self, request: JSON) -> JSON:
+        return {}
+
+
+def _with_ref(message: JSON, ref: Any) -> JSON:
+    if ref is not None:
+        message["ref"] = ref
+    return message
+
+
+def _text(request: JSON, name: str, *, required: bool = True, limit: int | None = 200) -> Any:
+    value = request.get(name)
+    if value is None:
+        if required:
+            raise AgentwireError(f"{name} is required", code="missing_field", status=422, field=name)
+        return None
+    if not isinstance(value, str) or (limit is not None and len(value) > limit):
+        raise AgentwireError(f"{name} must be a string" + (f" of at most {limit} characters" if limit else ""),
+                             code="bad_field", status=422, field=name)
+    return value
+
+
+def _position(request: JSON, name: str) -> int | None:
+    value = request.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise AgentwireError(f"{name} must be a non-negative integer sequence number, got {str(value)[:40]!r}",
+                             code="bad_position", field=name)
+    return value
+
+
+async def _finish(work: Awaitable[T]) -> T:
+    """Run a request that changes state to its end even if the socket goes away meanwhile, so a
+    turn is never left half started (as an HTTP request whose client leaves is not)."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_retrieve)
+    return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.support.server import free_port, running_app
+from tests.support.sse import SseStream
+
+from agentwire.config import Config
+
+TOKEN = "test-token-0123456789"
+
+
+@dataclass
+class Served:
+    """A server running in a thread of the test process, and an authorized HTTP client for it."""
+
+    url: str
+    config: Config
+    http: httpx.Client
+    auth: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def token(self) -> str:
+        assert self.config.token is not None
+        return self.config.token
+
+    def stream(self, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> SseStream:
+        """Open `path` over a raw socket (with the token, unless `headers` brings its own)."""
+        return SseStream(self.port, path, {**self.auth, **(headers or {})}, **kwargs)
+
+    def tasks_head(self) -> int:
+        head: int = self.http.get("/api/tasks", params={"limit": 1}).raise_for_status().json()["head"]
+        return head
+
+
+ServerFactory = Callable[..., Served]
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start servers with Config overrides; SQLite journal in tmp_path and a token unless overridden."""
+    with contextlib.ExitStack() as stack:
+        count = 0
+
+        def make(**overrides: Any) -> Served:
+            nonlocal count
+            count += 1
+            values: dict[str, Any] = {"port": free_port(), "journal": f"sqlite:///{tmp_path}/journal{count}.db",
+                                      "token": TOKEN}
+            values.update(overrides)
+            url, config = stack.enter_context(running_app(Config(**values)))
+            auth = {} if config.no_auth else {"authorization": f"Bearer {config.token}"}
+            http = stack.enter_context(httpx.Client(base_url=url, headers=auth, timeout=30))
+            return Served(url, config, http, auth)
+
+        yield make
+
+
+@pytest.fixture
+def server(make_server: ServerFactory) -> Served:
+    """A server with a short heartbeat, so tests that wait for pings wait little."""
+    return make_server(heartbeat=0.2)
