@@ -33,6 +33,8 @@ class Outbox:
     """
 
     transport = "none"
+    # What the hub's heartbeat puts into an idle outbox (a comment for SSE); None: no heartbeat.
+    ping: bytes | None = None
 
     def __init__(self, limit: int = DEFAULT_BUFFER) -> None:
         self.limit = limit
@@ -48,6 +50,7 @@ class Outbox:
         # Called once on abort: a transport cancels its writer here, which may be blocked sending to
         # a client that stopped reading (no task per connection waits on `aborted` for that).
         self.on_abort: Callable[[], None] | None = None
+        self.active_at = time.monotonic()  # when the writer last took something
 
     def encode(self, event: Event) -> bytes:
         raise NotImplementedError
@@ -90,16 +93,19 @@ class Outbox:
     async def take(self, timeout: float | None = None) -> list[bytes] | None:
         """Everything queued; [] if `timeout` passed with nothing; None once the outbox has ended."""
         if not self._chunks and not self.closed:
-            try:
-                # asyncio.timeout arms one timer; wait_for would also make a task per call, and this
-                # runs once per delivery on every connection.
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
-            except TimeoutError:
-                return []
+            if timeout is None:
+                await self._ready.wait()
+            else:
+                try:
+                    # asyncio.timeout arms one timer; wait_for would also make a task per call.
+                    async with asyncio.timeout(timeout):
+                        await self._ready.wait()
+                except TimeoutError:
+                    return []
         if self.reason is not None:
             return None
         chunks, self._chunks, self._size = self._chunks, [], 0
+        self.active_at = time.monotonic()
         self._ready.clear()
         self._space.set()
         if not chunks and self.finished:
@@ -276,6 +282,7 @@ class Hub:
         self._subscriptions: set[Subscription] = set()
         self._outboxes: set[Outbox] = set()
         self._watching: dict[str, int] = {}
+        self._pinger: asyncio.Task[None] | None = None
         journal.set_listener(self._on_event)
 
     def _on_event(self, event: Event) -> None:
@@ -302,9 +309,22 @@ class Hub:
         return events
 
     def register(self, outbox: Outbox) -> None:
-        """Track a connection's outbox so shutdown can end it; count slow disconnects."""
+        """Track a connection's outbox so shutdown can end it and the heartbeat reaches it."""
         self._outboxes.add(outbox)
         outbox.on_slow = self.metrics.slow_disconnects.inc
+        if outbox.ping is not None and (self._pinger is None or self._pinger.done()):
+            self._pinger = asyncio.create_task(self._heartbeat(), name="heartbeat")
+
+    async def _heartbeat(self) -> None:
+        """One task pings every outbox idle for a heartbeat interval: no timer per connection or per
+        wake-up of its writer, which matters at thousands of connections."""
+        while self._outboxes:
+            await asyncio.sleep(self.heartbeat / 4)
+            idle_since = time.monotonic() - self.heartbeat
+            for outbox in tuple(self._outboxes):
+                if outbox.ping is not None and outbox.active_at <= idle_since and not outbox.size:
+                    outbox.put(outbox.ping)
+                    outbox.active_at = time.monotonic()
 
     def unregister(self, outbox: Outbox) -> None:
         self._outboxes.discard(outbox)
@@ -375,6 +395,8 @@ class Hub:
 
     def close(self) -> None:
         """End every open stream now (server shutdown): writers stop, clients resume elsewhere."""
+        if self._pinger is not None:
+            self._pinger.cancel()
         for outbox in tuple(self._outboxes):
             outbox.abort("shutdown")
         for subscription in tuple(self._subscriptions):

@@ -50,6 +50,7 @@ def sse_control(stream: str, type: str, data: JSON, seq: int | None = None) -> b
 
 class SseOutbox(Outbox):
     transport = "sse"
+    ping = PING
 
     def encode(self, event: Event) -> bytes:
         return sse_frame(event)
@@ -113,12 +114,10 @@ class EventStreamResponse(Response):
             self.on_close()
 
     async def _write(self, send: Send) -> None:
-        while True:
-            chunks = await self.outbox.take(self.heartbeat)
-            if chunks is None:
-                return
-            body = b"".join(chunks) if chunks else PING
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+        # The hub's heartbeat puts `: ping` into this outbox when it has been idle.
+        while (chunks := await self.outbox.take()) is not None:
+            await send({"type": "http.response.body", "body": chunks[0] if len(chunks) == 1 else b"".join(chunks),
+                        "more_body": True})
 
     @staticmethod
     async def _listen(receive: Receive) -> None:
