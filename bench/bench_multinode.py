@@ -6,13 +6,14 @@
   call (their calls share round trips), one appender with 100 events per call. Calls
   `bench_redis.py`'s appender.
 - `crossnode`: two agentwire nodes on one Redis; node A publishes 1,000 events/s into the `tasks`
-  stream (the bench route of `agentwire_server.py`: `hub.append_many`, journal first, then
-  fan-out), SSE subscribers on A (same node) and on B (cross-node: B's one XREAD loop brings them);
-  publish→receive latency of every delivery, lost events.
+  stream (`/bench/paced` below: `hub.append`, one event per call, each on its schedule; journal
+  first, then fan-out), SSE subscribers on A (same node) and on B (cross-node: B's one XREAD loop
+  brings them); publish→receive latency of every delivery, lost events.
 - `fanout3`: three nodes, 300 SSE subscribers spread evenly over them, node A publishes 50 events/s;
   latency per node and overall, lost events, CPU of each node.
 
-Every node is a process of its own (`agentwire_server.py --journal redis://…`), load clients are forked
+Every node is a process of its own (`bench_multinode.py serve --journal redis://…`: the real app with
+`agentwire_server.py`'s bench routes and `/bench/paced`), load clients are forked
 processes (`sse_client.py`), redis-server is a fresh one on a free port (appendonly, fsync every
 second, as deploy.md suggests), all on 127.0.0.1. Nothing asserts a timing: it measures and prints.
 
@@ -50,11 +51,10 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # the checkout, for tests.support (as bench_redis.py does)
 
-from tests.support.redis_server import RedisServer  # noqa: E402
-
 from bench_redis import _append  # noqa: E402
 from common import PublishSpec, cpu_seconds, die_with_parent, raise_nofile  # noqa: E402
 from sse_client import ClientSpec, client_process, latencies_from  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
 
 HOST = "127.0.0.1"
 TARGET = "agentwire"  # the column of run.py's tables these figures go in
@@ -71,11 +71,66 @@ def _free_port() -> int:
         return port
 
 
+# --------------------------------------------------------------------------- the node's server
+
+
+async def _paced_publish(request: Any) -> Any:
+    """`POST /bench/paced?n=&rate=`: append `n` events to `tasks` at `rate` events/s, one journal call per
+    event, each started on its schedule without waiting for the one before (as many agents append at
+    once; the journal's writer sends what is waiting together). `bts` is taken just before each append."""
+    from starlette.responses import JSONResponse
+
+    from agentwire.types import Append
+    from common import EVENT_TYPE, STREAM, TEXT
+
+    hub = request.app.state.ctx.hub
+    spec = PublishSpec.from_query(request.query_params)
+    started = time.perf_counter()
+    pending: set[asyncio.Task[Any]] = set()
+    for i in range(spec.n):
+        delay = started + i / spec.rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        data: dict[str, Any] = {"bts": time.time_ns(), "i": i, "text": TEXT}
+        if i == spec.n - 1:
+            data["last"] = 1
+        task = asyncio.create_task(hub.append(Append(STREAM, EVENT_TYPE, data)))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    failed = sum(1 for result in results if isinstance(result, BaseException))
+    return JSONResponse({"published": spec.n - failed, "seconds": time.perf_counter() - started,
+                         "failed": failed})
+
+
+def serve(argv: list[str]) -> None:
+    """A node: `agentwire_server.py`'s app (the real app plus its bench routes) and `/bench/paced`."""
+    import uvicorn
+    from starlette.routing import Route
+
+    from agentwire.app import create_app
+    from agentwire.config import Config
+    from agentwire_server import add_bench_routes
+
+    parser = argparse.ArgumentParser(prog="bench_multinode.py serve")
+    parser.add_argument("--host", default=HOST)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--journal", required=True)
+    args = parser.parse_args(argv)
+    die_with_parent()
+    raise_nofile()
+    app = create_app(Config(host=args.host, port=args.port, journal=args.journal, no_auth=True, log_level="warning"))
+    add_bench_routes(app)
+    app.router.routes.insert(0, Route("/bench/paced", _paced_publish, methods=["POST"]))
+    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", ws="websockets-sansio",
+                lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=2, backlog=4096)
+
+
 # --------------------------------------------------------------------------- processes
 
 
 class Node:
-    """`agentwire_server.py` on the shared Redis journal: the real app plus the bench routes."""
+    """A node process (`serve` below) on the shared Redis journal."""
 
     def __init__(self, workdir: Path, journal: str, name: str) -> None:
         self.name = name
@@ -85,7 +140,7 @@ class Node:
         self.journal = journal
 
     def start(self) -> Node:
-        argv = [sys.executable, str(BENCH_DIR / "agentwire_server.py"), "--host", HOST, "--port", str(self.port),
+        argv = [sys.executable, str(Path(__file__).resolve()), "serve", "--host", HOST, "--port", str(self.port),
                 "--journal", self.journal]
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -255,7 +310,7 @@ def published_latency(publisher: Node, groups: dict[str, tuple[Node, int]], rate
     """Subscribe `n` SSE clients to `tasks` on each group's node, then publish `rate` events/s on
     `publisher` for `seconds`; publish→receive latency per group (and "all")."""
     specs: list[tuple[str, ClientSpec]] = []
-    limit = 2 * seconds + 5  # a node that cannot keep the pace stops at twice the planned time
+    limit = 2 * seconds + 5  # how long the publisher may take
     for name, (node, count) in groups.items():
         per = [count // client_processes + (1 if i < count % client_processes else 0) for i in range(client_processes)]
         specs += [(name, ClientSpec(HOST, node.port, "/api/stream/tasks", n, "latency", deadline=limit + drain + 10))
@@ -266,7 +321,7 @@ def published_latency(publisher: Node, groups: dict[str, tuple[Node, int]], rate
         cpu0 = {name: node.cpu() for name, node in nodes.items()}
         wall0 = time.monotonic()
         wanted = max(1, round(rate * seconds))
-        run = publisher.request("POST", f"/bench/publish?{PublishSpec(n=wanted, rate=rate, seconds=limit).query()}",
+        run = publisher.request("POST", f"/bench/paced?{PublishSpec(n=wanted, rate=rate).query()}",
                                 timeout=limit + 60)
         results = clients.receive("result", limit + drain + 30)
         wall = time.monotonic() - wall0
@@ -288,7 +343,7 @@ def published_latency(publisher: Node, groups: dict[str, tuple[Node, int]], rate
         latency.errors = [e for r, o in picked for e in (*o["errors"], *r["errors"])][:3]
         out[name] = latency
     return out, {"published": run["published"], "publish_seconds": run["seconds"], "cpu_busy_percent": busy,
-                 "wanted": wanted}
+                 "wanted": wanted, "failed": run["failed"]}
 
 
 # --------------------------------------------------------------------------- cases (run.py's interface)
@@ -369,8 +424,10 @@ def case_crossnode(ctx: Any, table_class: Any) -> Any:
         for label in ("same node (A → A)", "cross-node (A → B)"):
             _latency_rows(table, label, result[label])
         table.row("events published", ratio=False).values[TARGET] = run["published"]
+        table.row("publish rate achieved (events/s)", ratio=False).values[TARGET] = (
+            run["published"] / run["publish_seconds"])
         table.notes.append(f"published {run['published']:,} of {run['wanted']:,} events in "
-                           f"{run['publish_seconds']:.1f} s; node CPU busy "
+                           f"{run['publish_seconds']:.1f} s ({run['failed']} appends failed); node CPU busy "
                            + ", ".join(f"{n} {v:.0f} %" for n, v in run["cpu_busy_percent"].items()))
     except Exception as exc:
         table.notes.append(f"error: {type(exc).__name__}: {exc}"[:600])
@@ -445,6 +502,10 @@ CASES = {"append": case_redis_append, "crossnode": case_crossnode, "fanout3": ca
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        serve(argv[1:])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")

@@ -150,6 +150,12 @@ class Console:
 
     async def _keep_leases(self) -> None:
         period = self.config.lease_seconds / 3
+        loop = asyncio.get_running_loop()
+        # While the journal is away no lease is renewed, so after an outage longer than a lease every
+        # lease has lapsed, also those of turns that are alive (quiet meanwhile, e.g. in a long tool
+        # call). Sweeping waits a lease time after the last failed round: by then every live node
+        # has taken its own leases again (it renews every period), so only dead nodes' turns are left.
+        sweep_after = 0.0
         while True:
             await asyncio.sleep(period)
             try:
@@ -157,9 +163,11 @@ class Console:
                     for turn in [*lanes.running.values(), *lanes.queue]:
                         if not await self._lease(turn.id):
                             log.warning("lost the lease of turn %s", turn.id)
-                await self.recover_interrupted()
+                if loop.time() >= sweep_after:
+                    await self.recover_interrupted()
             except AgentwireError as exc:  # the journal is away; the next round tries again
                 log.warning("could not renew turn leases: %s", exc.message)
+                sweep_after = loop.time() + self.config.lease_seconds
             except Exception:  # never let the keeper die: other nodes would take every turn for dead
                 log.exception("turn lease round failed")
 
