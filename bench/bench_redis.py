@@ -18,10 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.support
 
-from tests.support.redis_server import RedisServer
-
 from agentwire.journal.redis import RedisJournal
 from agentwire.types import Append
+from tests.support.redis_server import RedisServer
 
 TEXT = "The quick brown fox jumps over the lazy dog. "
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.server import free_port, running_app
-from tests.support.sse import SseStream
 
 from agentwire.config import Config
+from tests.support.server import free_port, running_app
+from tests.support.sse import SseStream
 
 TOKEN = "test-token-0123456789"
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.server import running_app
-from tests.support.turn_io import RecordingTurnIO
-from tests.support.turns import create_session, run_turn, wait_for
 
 from agentwire.providers import ProviderError, make_provider
 from agentwire.providers.cli_agent import CliProvider
+from tests.support.server import running_app
+from tests.support.turn_io import RecordingTurnIO
+from tests.support.turns import create_session, run_turn, wait_for
 
 FAKE = str(Path(__file__).resolve().parent / "fakes" / "fake_claude.py")
 CLAUDE_FLAGS = ["-p", "--output-format", "stream-json", "--include-partial-messages", "--verbose"]

@@ -8,12 +8,12 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from tests.support.proxy import TcpProxy
-from tests.support.server import running_app
-from tests.support.turns import comparable, create_session, run_turn, transcript_of
 
 from agentwire.client import Backoff, Client, SseParser, StreamFailed
 from agentwire.console.transcript import TERMINAL
+from tests.support.proxy import TcpProxy
+from tests.support.server import running_app
+from tests.support.turns import comparable, create_session, run_turn, transcript_of
 
 TOKEN = "client-test-token"
 

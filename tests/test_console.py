@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from agentwire.console.transcript import TERMINAL
 from tests.support.server import running_app
 from tests.support.turns import (
     comparable,
@@ -22,8 +24,6 @@ from tests.support.turns import (
     transcript_of,
     wait_for,
 )
-
-from agentwire.console.transcript import TERMINAL
 
 
 @pytest.fixture(scope="module")

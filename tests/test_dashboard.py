@@ -22,6 +22,9 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
+
+import agentwire
+from agentwire.config import Config
 from tests.support.browser import (
     RECONNECTING,
     TIMING,
@@ -36,9 +39,6 @@ from tests.support.browser import (
 )
 from tests.support.proxy import TcpProxy
 from tests.support.server import ServerProcess, free_port, running_app
-
-import agentwire
-from agentwire.config import Config
 
 pytestmark = [
     pytest.mark.browser,

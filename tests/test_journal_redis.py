@@ -20,12 +20,12 @@ from typing import Any
 
 import orjson
 import pytest
-from tests.support.redis_server import RedisServer, free_port
 
 from agentwire.journal import Journal, open_journal
 from agentwire.journal.redis import BLOCK_MS, RedisJournal
 from agentwire.resume import resolve
 from agentwire.types import Append, Doc, Event, Unavailable
+from tests.support.redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.redis]
 

@@ -17,6 +17,7 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+
 from tests.fakes import llm_servers as fake
 from tests.fakes.llm_servers import FakeLLMServer
 

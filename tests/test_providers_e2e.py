@@ -9,12 +9,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
+from agentwire.console.transcript import TERMINAL
 from tests.fakes import llm_servers as fake
 from tests.fakes.llm_servers import FakeLLMServer
 from tests.support.server import running_app
 from tests.support.turns import comparable, create_session, follow_until, post_turn_cut, run_turn, transcript_of
-
-from agentwire.console.transcript import TERMINAL
 
 PROVIDERS = ["anthropic", "openai", "gemini"]
 

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from agentwire.providers import PROVIDERS, Message, Provider, ProviderError, ToolOutcome, make_provider
 from tests.fakes import llm_servers as fake
 from tests.fakes.llm_servers import FakeLLMServer
 from tests.support.turn_io import RecordingTurnIO
-
-from agentwire.providers import PROVIDERS, Message, Provider, ProviderError, ToolOutcome, make_provider
 
 NAMES = ["anthropic", "openai", "gemini"]
 

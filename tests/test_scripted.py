@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.support.turn_io import RecordingTurnIO
 
 from agentwire.providers import ProviderError
 from agentwire.providers.scripted import ScriptedProvider
+from tests.support.turn_io import RecordingTurnIO
 
 
 def _run(options: dict[str, object], message: str = "plan a trip") -> RecordingTurnIO:

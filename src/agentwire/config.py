@@ -47,6 +47,10 @@ class Config:
             raise ConfigError("--retention must be 0 (keep all) or a positive number of events")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        # Checked here, so `agentwire serve` says so in one line instead of a traceback from the app.
+        if self.journal.split("://", 1)[0] not in ("memory", "sqlite", "redis") or "://" not in self.journal:
+            raise ConfigError(f"unknown journal URL {self.journal!r}: use memory://, sqlite:///path or "
+                              "redis://host:port/db")
         if self.workers > 1 and not self.journal.startswith("redis://"):
             raise ConfigError(
                 f"--workers {self.workers} needs a journal every worker shares: use --journal redis://…"

@@ -98,14 +98,6 @@ class SseStream:
             # Before connect, so the window the client advertises is small from the first segment.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(connect_timeout)
-        self.sock.connect((host, port))
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
-        for name, value in (headers or {}).items():
-            lines.append(f"{name}: {value}")
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-            lines.append("Content-Type: application/json")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
         self.status: int | None = None
         self.headers: dict[str, str] = {}
         self.head = b""  # the raw status line and headers
@@ -118,6 +110,19 @@ class SseStream:
         self._parser = SseParser()
         self._dechunker: _Dechunker | None = None
         self._length: int | None = None
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
+        for name, value in (headers or {}).items():
+            lines.append(f"{name}: {value}")
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+            lines.append("Content-Type: application/json")
+        try:
+            self.sock.connect((host, port))
+            self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        except (ConnectionResetError, BrokenPipeError):
+            # Cut before the request was even sent (a proxy cutting at byte 0): an ended stream.
+            # Refused connections still raise: nothing listening is a different failure.
+            self.eof = self.reset = True
 
     # reading
 
