@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import orjson
 from starlette.requests import Request
@@ -57,6 +57,10 @@ class SseOutbox(Outbox):
 
     def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
         return sse_control(stream, type, data, seq)
+
+    def encode_many(self, events: Sequence[Event]) -> bytes:
+        return b"".join([b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), event.raw)
+                         for event in events])
 
 
 class EventStreamResponse(Response):
