@@ -150,7 +150,7 @@ def test_live_events_are_encoded_once_and_shared_by_every_subscriber(make_journa
             assert frames[0] == b"id: 1\nevent: e\ndata: " + event.raw + b"\n\n"
             # The very same bytes object went to every subscriber: encoded once, not per subscriber.
             assert frames[0] is frames[1] is frames[2]
-            assert hub.metrics.events_delivered.labels("sse")._value.get() == 3
+            assert hub.metrics.delivered("sse").value == 3
 
     run(main())
 
@@ -304,7 +304,7 @@ def test_replay_of_a_long_backlog_yields_to_the_event_loop() -> None:
 
             async def ticker() -> None:
                 while not done.is_set():
-                    ticks.append(len(reader.seqs))
+                    ticks.append(len(reader.messages))
                     await asyncio.sleep(0)
 
             outbox = SseOutbox(1 << 30)

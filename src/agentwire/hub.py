@@ -158,8 +158,8 @@ class Subscription:
         self.live = False
         self.closed = False
         self._task: asyncio.Task[None] | None = None
-        # Looked up once: a labelled child per delivery would cost more than the delivery itself.
-        self._delivered = hub.metrics.events_delivered.labels(outbox.transport)
+        # A plain tally, looked up once: see metrics.Tally.
+        self._delivered = hub.metrics.delivered(outbox.transport)
 
     def start(self) -> None:
         self._read_journal(self.replay)
@@ -182,7 +182,7 @@ class Subscription:
         self.last_seq = event.seq
         if self.only is None or self.only(event):
             self.outbox.put(self.outbox.encode(event))
-            self._delivered.inc()
+            self._delivered.value += 1
         if self.until is not None and self.until(event):
             self.outbox.finish()
             self.close()
@@ -248,7 +248,7 @@ class Subscription:
         if self.only is None and self.until is None:
             if events:
                 self.outbox.put(self.outbox.encode_many(events), paced=True)
-                self._delivered.inc(len(events))
+                self._delivered.value += len(events)
             return True
         chunks = []
         finished = False
@@ -260,7 +260,7 @@ class Subscription:
                 break
         if chunks:
             self.outbox.put(b"".join(chunks), paced=True)
-            self._delivered.inc(len(chunks))
+            self._delivered.value += len(chunks)
         if finished:
             self.outbox.finish()
             self.close()

@@ -1,6 +1,32 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class Tally:
+    """A plain counter for the delivery hot path: `value += n` costs a few nanoseconds, a Prometheus
+    Counter's lock about a microsecond, once per event per subscriber."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class _DeliveredCollector(Collector):
+    def __init__(self, tallies: dict[str, Tally]) -> None:
+        self.tallies = tallies
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("agentwire_events_delivered", "Events handed to subscribers",
+                                     labels=["transport"])
+        for transport, tally in sorted(self.tallies.items()):
+            family.add_metric([transport], tally.value)
+        yield family
 
 
 class Metrics:
@@ -14,9 +40,8 @@ class Metrics:
         self.events_appended = Counter(
             "agentwire_events_appended", "Events stored in the journal", registry=self.registry
         )
-        self.events_delivered = Counter(
-            "agentwire_events_delivered", "Events handed to subscribers", ["transport"], registry=self.registry
-        )
+        self._delivered: dict[str, Tally] = {}
+        self.registry.register(_DeliveredCollector(self._delivered))
         self.slow_disconnects = Counter(
             "agentwire_slow_consumer_disconnects",
             "Subscribers disconnected because their buffer overflowed",
@@ -31,6 +56,13 @@ class Metrics:
         self.append_errors = Counter(
             "agentwire_append_errors", "Appends the journal refused", registry=self.registry
         )
+
+    def delivered(self, transport: str) -> Tally:
+        """The delivery count of a transport (`agentwire_events_delivered_total{transport=…}`)."""
+        tally = self._delivered.get(transport)
+        if tally is None:
+            tally = self._delivered[transport] = Tally()
+        return tally
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
