@@ -9,34 +9,34 @@ import shlex
 import sys
 from typing import Any
 
-from agentwire.config import Config, ConfigError, env_default
+from agentwire.config import ENV, Config, ConfigError
 
 
 def _serve_parser(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the server (SQLite journal and scripted agent by default)")
-    serve.add_argument("--host", default=env_default("host", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=env_default("port", 8765))
-    serve.add_argument("--journal", default=env_default("journal", Config.journal),
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--journal", default=None,
                        help="memory://, sqlite:///path (default) or redis://host:port/db")
     auth = serve.add_mutually_exclusive_group()
-    auth.add_argument("--token", default=env_default("token", None), help="the access token (default: random)")
-    auth.add_argument("--no-auth", action="store_true", default=env_default("no_auth", False),
+    auth.add_argument("--token", default=None, help="the access token (default: random)")
+    auth.add_argument("--no-auth", action="store_true", default=None,
                       help="no token (refused on a non-loopback host)")
-    serve.add_argument("--heartbeat", type=float, default=env_default("heartbeat", Config.heartbeat),
+    serve.add_argument("--heartbeat", type=float, default=None,
                        help="seconds between SSE heartbeat comments")
-    serve.add_argument("--retention", type=int, default=env_default("retention", Config.retention),
+    serve.add_argument("--retention", type=int, default=None,
                        help="events kept per stream (0: all)")
-    serve.add_argument("--workers", type=int, default=env_default("workers", Config.workers),
+    serve.add_argument("--workers", type=int, default=None,
                        help="server processes (needs the Redis journal)")
-    serve.add_argument("--provider", default=env_default("provider", Config.provider),
+    serve.add_argument("--provider", default=None,
                        help="default provider for new sessions")
-    serve.add_argument("--model", default=env_default("model", None), help="default model")
+    serve.add_argument("--model", default=None, help="default model")
     serve.add_argument("--cli-command", default=None,
                        help="default command of the cli provider (AGENTWIRE_CLI_COMMAND), shell-quoted")
-    serve.add_argument("--buffer-limit", type=int, default=env_default("buffer_limit", Config.buffer_limit),
+    serve.add_argument("--buffer-limit", type=int, default=None,
                        help="bytes a subscriber may fall behind before it is disconnected")
-    serve.add_argument("--lease-seconds", type=float, default=env_default("lease_seconds", Config.lease_seconds))
-    serve.add_argument("--log-level", default=env_default("log_level", Config.log_level))
+    serve.add_argument("--lease-seconds", type=float, default=None)
+    serve.add_argument("--log-level", default=None)
 
 
 def _client_args(parser: argparse.ArgumentParser) -> None:
@@ -62,14 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    if args.cli_command:
-        cli_command = shlex.split(args.cli_command)
-    else:
-        cli_command = list(env_default("cli_command", Config().cli_command))  # type: ignore[call-overload]
-    return Config(host=args.host, port=args.port, journal=args.journal, token=args.token, no_auth=args.no_auth,
-                  heartbeat=args.heartbeat, retention=args.retention, workers=args.workers,
-                  provider=args.provider, model=args.model, cli_command=cli_command,
-                  buffer_limit=args.buffer_limit, lease_seconds=args.lease_seconds, log_level=args.log_level)
+    """Flags win over their AGENTWIRE_* twins, which win over the defaults."""
+    flags = {name: getattr(args, name, None) for name in ENV}
+    flags["cli_command"] = shlex.split(args.cli_command) if args.cli_command else None
+    if args.token is not None:  # an explicit --token means auth, whatever AGENTWIRE_NO_AUTH says
+        flags["no_auth"] = False
+    return Config.from_env(flags)
 
 
 def main(argv: list[str] | None = None) -> int:

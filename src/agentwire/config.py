@@ -6,7 +6,7 @@ import ipaddress
 import os
 import secrets
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 
 
 class ConfigError(ValueError):
@@ -60,9 +60,13 @@ class Config:
             self.token = secrets.token_urlsafe(24)
 
     @classmethod
-    def from_env(cls) -> Config:
-        defaults = cls(token="-")  # the values below replace it
-        values = {name: env_default(name, getattr(defaults, name)) for name in ENV}
+    def from_env(cls, flags: dict[str, object] | None = None) -> Config:
+        """Settings from flags (those not None), else their AGENTWIRE_* twins, else the defaults."""
+        flags = flags or {}
+        values = {}
+        for name in ENV:
+            flag = flags.get(name)
+            values[name] = flag if flag is not None else env_default(name, field_default(name))
         return cls(**values)  # type: ignore[arg-type]
 
     def to_env(self) -> dict[str, str]:
@@ -106,17 +110,29 @@ ENV = {
 }
 
 
+def field_default(name: str) -> object:
+    field = Config.__dataclass_fields__[name]
+    if field.default_factory is not MISSING:
+        return field.default_factory()
+    return field.default
+
+
 def env_default(name: str, default: object) -> object:
-    """The environment twin of a flag, parsed to the flag's type; the flag itself still wins."""
+    """The environment twin of a flag, parsed to the flag's type."""
     raw = os.environ.get(ENV[name])
     if raw is None:
         return default
-    if isinstance(default, bool):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    if isinstance(default, list):
-        return shlex.split(raw)
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, list):
+            return shlex.split(raw)
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else ("a number" if isinstance(default, float) else
+                                                                   "a shell-quoted command")
+        raise ConfigError(f"{ENV[name]} must be {kind}, got {raw!r}") from None
     return raw

@@ -61,6 +61,7 @@ class TcpProxy:
         self._resume = asyncio.Event()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     # control (thread-safe)
 
@@ -132,9 +133,20 @@ class TcpProxy:
             conn.close()
         self._open.clear()
         self._resume.set()
+        # Let every connection's handler finish, so none is destroyed pending with the loop.
+        handlers = [task for task in self._handlers if not task.done()]
+        if handlers:
+            _, pending = await asyncio.wait(handlers, timeout=5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections_made += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         budget = self._cuts.popleft() if self._cuts else None
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)

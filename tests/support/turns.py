@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -110,3 +112,25 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 def _no_ids(value: Any) -> Any:
     return _UUID.sub("<id>", value) if isinstance(value, str) else value
+
+
+def first_event_ms(url: str, session: str, message: str, lane: str = "quick") -> tuple[float, str]:
+    """Milliseconds from sending a turn's POST to reading its first event (raw socket, so no client
+    library set-up is counted), and the turn's id. The turn goes on; its events are in the session."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    body = orjson.dumps({"message": message})
+    path = f"/api/konsole/{session}/{'quick' if lane == 'quick' else 'stream'}"
+    with socket.create_connection((host, port), timeout=30) as sock:
+        started = time.perf_counter()
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        received = b""
+        while b"\nid: " not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"stream ended before its first event: {received[:300]!r}")
+            received += chunk
+        elapsed = (time.perf_counter() - started) * 1000
+    turn = re.search(rb'"turn":"([^"]+)"', received)
+    assert turn is not None, received
+    return elapsed, turn.group(1).decode()
