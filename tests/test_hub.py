@@ -354,9 +354,12 @@ def test_outbox_bounds_bytes_and_ends_two_ways() -> None:
         outbox.on_slow = lambda: slow_calls.append(1)
         assert await outbox.take(0.01) == []  # nothing yet
         assert outbox.put(b"a" * 40) and outbox.put(b"b" * 40)
-        assert not outbox._space.is_set()  # over half: replay waits for the writer
+        replay = asyncio.ensure_future(outbox.wait_space())
+        await asyncio.sleep(0.01)
+        assert not replay.done()  # over half: replay waits for the writer
         assert await outbox.take(0) == [b"a" * 40, b"b" * 40]
-        assert outbox._space.is_set() and outbox.size == 0
+        await asyncio.wait_for(replay, 1)
+        assert outbox.size == 0
         assert outbox.put(b"c" * 100)
         assert not outbox.put(b"d")  # 101 bytes queued: cut
         assert outbox.reason == "slow" and slow_calls == [1] and outbox.size == 0

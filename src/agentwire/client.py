@@ -363,11 +363,11 @@ class WsClient:
         return self._failure is not None
 
     async def close(self) -> None:
+        self._fail(StreamFailed("the client was closed"))
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
-        self._fail(StreamFailed("the client was closed"))
 
     async def follow(self, stream: str, after: int | None = None, *, params: JSON | None = None,
                      stop: Callable[[JSON], bool] | None = None, fold: bool = False) -> AsyncIterator[JSON]:
@@ -463,7 +463,11 @@ class WsClient:
                         await self._subscribe(follow)
                     self._connected.set()
                     while True:
-                        self._dispatch(await asyncio.wait_for(socket.recv(), self.idle_timeout))
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (close())
+                        # that comes as a message arrives, and the loop would never end.
+                        async with asyncio.timeout(self.idle_timeout):
+                            message = await socket.recv()
+                        self._dispatch(message)
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if 400 <= status < 500 and status not in (408, 429):
@@ -480,6 +484,8 @@ class WsClient:
                 for target in waiting.values():
                     if isinstance(target, asyncio.Future) and not target.done():
                         target.set_exception(ConnectionLost("the socket ended before the server answered"))
+            if self._failure is not None:  # closed meanwhile
+                return
             if self.max_attempts is not None and backoff.attempt >= self.max_attempts:
                 self._fail(StreamFailed(f"gave up on {self.url} after {backoff.attempt} attempts"))
                 return

@@ -40,10 +40,11 @@ class Outbox:
         self.limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
-        self._ready = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
-        self.aborted = asyncio.Event()
+        # A bare future for the writer's wake-up, and Events made only when someone waits on them:
+        # an asyncio.Event carries a deque, and thousands of idle connections each hold an outbox.
+        self._waiter: asyncio.Future[None] | None = None
+        self._space: asyncio.Event | None = None
+        self._aborted: asyncio.Event | None = None
         self.reason: str | None = None
         self.finished = False
         self.on_slow: Callable[[], None] | None = None
@@ -71,6 +72,20 @@ class Outbox:
     def size(self) -> int:
         return self._size
 
+    @property
+    def aborted(self) -> asyncio.Event:
+        """Set once the outbox is aborted (for transports that wait on it)."""
+        if self._aborted is None:
+            self._aborted = asyncio.Event()
+            if self.reason is not None:
+                self._aborted.set()
+        return self._aborted
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def put(self, data: bytes, *, paced: bool = False) -> bool:
         """Queue bytes for the writer. Over the limit, the subscriber is cut as slow, except when
         nothing was queued (one event bigger than the whole limit must still reach a reader that
@@ -86,49 +101,58 @@ class Outbox:
                 self.on_slow()
             self.abort("slow")
             return False
-        if self._size > self.limit // 2:
-            self._space.clear()
-        self._ready.set()
+        self._wake()
         return True
 
     async def wait_space(self) -> None:
         """For replay, which is pulled, not pushed: wait until the writer has drained half."""
-        await self._space.wait()
+        while self._size > self.limit // 2 and not self.closed:
+            if self._space is None:
+                self._space = asyncio.Event()
+            self._space.clear()
+            await self._space.wait()
 
     async def take(self, timeout: float | None = None) -> list[bytes] | None:
         """Everything queued; [] if `timeout` passed with nothing; None once the outbox has ended."""
         if not self._chunks and not self.closed:
-            if timeout is None:
-                await self._ready.wait()
-            else:
-                try:
-                    # asyncio.timeout arms one timer; wait_for would also make a task per call.
-                    async with asyncio.timeout(timeout):
-                        await self._ready.wait()
-                except TimeoutError:
-                    return []
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                if timeout is None:
+                    await self._waiter
+                else:
+                    try:
+                        # asyncio.timeout arms one timer; wait_for would also make a task per call.
+                        async with asyncio.timeout(timeout):
+                            await self._waiter
+                    except TimeoutError:
+                        return []
+            finally:
+                self._waiter = None
         if self.reason is not None:
             return None
         chunks, self._chunks, self._size = self._chunks, [], 0
         self.active_at = time.monotonic()
-        self._ready.clear()
-        self._space.set()
+        if self._space is not None:
+            self._space.set()
         if not chunks and self.finished:
             return None
         return chunks
 
     def finish(self) -> None:
         self.finished = True
-        self._ready.set()
+        self._wake()
 
     def abort(self, reason: str) -> None:
-        if self.reason is None:
+        first = self.reason is None
+        if first:
             self.reason = reason
         self._chunks, self._size = [], 0
-        self._ready.set()
-        self._space.set()
-        if not self.aborted.is_set():
-            self.aborted.set()
+        self._wake()
+        if self._space is not None:
+            self._space.set()
+        if first:
+            if self._aborted is not None:
+                self._aborted.set()
             if self.on_abort is not None:
                 self.on_abort()
 

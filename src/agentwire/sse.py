@@ -95,7 +95,7 @@ class EventStreamResponse(Response):
                 writer.cancel()
 
             self.outbox.on_abort = cancel_writer
-            if self.outbox.aborted.is_set():
+            if self.outbox.reason is not None:
                 writer.cancel()
             done, pending = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:

@@ -143,14 +143,6 @@ class _Connection:
             reader = asyncio.create_task(self._read(receive), name="ws reader")
             aborted = asyncio.create_task(self.outbox.aborted.wait(), name="ws abort")
             done, pending = await asyncio.wait({writer, reader, aborted}, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending)
-            for task in (writer, reader):
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    exc = task.exception()
-                    if not isinstance(exc, OSError):  # OSError: the client is gone (uvicorn's ClientDisconnected)
-                        log.error("websocket %s failed", task.get_name(), exc_info=exc)
             code: int | None = None
             reason = ""
             if reader in done:
@@ -159,10 +151,21 @@ class _Connection:
                 code, reason = close_for(self.outbox.reason)
             elif writer in done and writer.exception() is None:  # the outbox ended
                 code = 1000
+            # End the outbox before cancelling: a writer whose cancel got lost (3.11's wait_for, in
+            # `Outbox.take`, can swallow one) still stops at its next take.
+            self.outbox.abort("closed")
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+            for task in (writer, reader):
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    if not isinstance(exc, OSError):  # OSError: the client is gone (uvicorn's ClientDisconnected)
+                        log.error("websocket %s failed", task.get_name(), exc_info=exc)
             if code is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(send({"type": "websocket.close", "code": code, "reason": reason}),
-                                           CLOSE_GRACE)
+                    async with asyncio.timeout(CLOSE_GRACE):
+                        await send({"type": "websocket.close", "code": code, "reason": reason})
         finally:
             self.outbox.abort("closed")
             for subscription in self.subscriptions.values():
