@@ -208,7 +208,6 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(web), check_dir=False), name="static")
 
-    wrapped = app
     app.add_middleware(BodyLimit, limit=config.max_body)
     app.add_middleware(TokenAuth, token=None if config.no_auth else config.token)
-    return wrapped
+    return app
