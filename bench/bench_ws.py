@@ -548,55 +548,68 @@ def multiplex(workdir: Path, streams: int, rate: float, seconds: float, drain: f
 # --------------------------------------------------------------------------- tables (run.py) and __main__
 
 
-def _fill(table: Any, column: str, result: Result, rows: dict[str, Any]) -> None:
+COLUMN = "agentwire"  # run.py renders one column per target; these cases measure agentwire alone
+METRICS = [  # key, label, format
+    ("connected", "connected", "{:,.0f}"),
+    ("p50", "latency p50 (ms)", "{:,.2f}"),
+    ("p99", "latency p99 (ms)", "{:,.2f}"),
+    ("max", "latency max (ms)", "{:,.1f}"),
+    ("cpu", "server CPU-s per 100k deliveries", "{:,.3f}"),
+    ("busy", "server CPU busy (% of one core)", "{:,.0f}"),
+    ("deliveries", "deliveries", "{:,.0f}"),
+    ("lost", "events lost", "{:,.0f}"),
+]
+LABELS = {"sse": "SSE", "ws": "WebSocket", "ws+deflate": "WebSocket + deflate"}
+
+
+def _rows(table: Any, transports: list[str]) -> dict[tuple[str, str], Any]:
+    """One row per metric and transport, so that the table renders in run.py's one-column-per-target form."""
+    return {(key, t): table.row(f"{label}, {LABELS[t]}", fmt=fmt, ratio=False)
+            for key, label, fmt in METRICS for t in transports}
+
+
+def _fill(table: Any, transport: str, result: Result, rows: dict[tuple[str, str], Any]) -> None:
     values = {"connected": result.connected, "p50": result.p50_ms, "p99": result.p99_ms, "max": result.max_ms,
               "cpu": result.cpu_per_100k, "busy": result.busy_pct, "deliveries": result.received,
               "lost": result.lost}
-    for key, row in rows.items():
-        row.values[column] = values[key]
+    for (key, t), row in rows.items():
+        if t == transport:
+            row.values[COLUMN] = values[key]
+    label = LABELS[transport]
     for note in result.notes:
-        table.notes.append(f"{column}: {note}")
+        table.notes.append(f"{label}: {note}")
     if result.gaps or result.repeats:
-        table.notes.append(f"{column}: gaps in seqs {result.gaps}, repeated seqs {result.repeats}")
-
-
-def _rows(table: Any) -> dict[str, Any]:
-    return {
-        "connected": table.row("subscribers connected", ratio=False),
-        "p50": table.row("latency p50 (ms)", fmt="{:,.2f}"),
-        "p99": table.row("latency p99 (ms)", fmt="{:,.2f}"),
-        "max": table.row("latency max (ms)", fmt="{:,.1f}"),
-        "cpu": table.row("server CPU-s per 100k deliveries", fmt="{:,.3f}"),
-        "busy": table.row("server CPU busy (% of one core)", fmt="{:,.0f}"),
-        "deliveries": table.row("deliveries", ratio=False),
-        "lost": table.row("events lost", ratio=False),
-    }
+        table.notes.append(f"{label}: gaps in seqs {result.gaps}, repeated seqs {result.repeats}")
+    table.notes.append(f"{label}: {result.published:,} events published; load clients used "
+                       f"{result.client_cpu:.1f} CPU-s")
 
 
 def case_ws_fanout(ctx: Any, table_class: Any) -> Any:
-    """run.py: `Case("ws_fanout", lambda ctx: bench_ws.case_ws_fanout(ctx, Table))`; columns sse, ws,
-    ws+deflate."""
+    """For run.py: `Case("ws_fanout", lambda ctx: bench_ws.case_ws_fanout(ctx, Table))`."""
     args = ctx.args
     subs, rate, seconds = args.fanout_subscribers, args.fanout_rate, args.fanout_seconds
+    transports = ["sse", "ws", "ws+deflate"]
     table = table_class("ws_fanout", f"WebSocket fan-out: {subs:,} subscribers × {rate:g} events/s for {seconds:g} s",
                         "The agentwire server alone, one stream (`tasks`); the same run over SSE "
                         "(`/api/stream/tasks`) and over WebSocket (`/api/ws`, one subscribe per socket), "
                         "without and with permessage-deflate (which browsers always offer and uvicorn accepts "
                         "by default). Latency publish→receive of every delivery; server CPU from /proc/<pid>/stat.")
-    rows = _rows(table)
-    for transport in ("sse", "ws", "ws+deflate"):
+    rows = _rows(table, transports)
+    for transport in transports:
         log(f"ws_fanout: {transport}")
         try:
             result = fanout(ctx.workdir, transport, subs, rate, seconds, args.client_processes, args.drain_seconds)
         except Exception as exc:
-            table.notes.append(f"{transport}: error: {type(exc).__name__}: {exc}"[:600])
+            table.notes.append(f"{LABELS[transport]}: error: {type(exc).__name__}: {exc}"[:600])
             continue
         _fill(table, transport, result, rows)
+    table.notes.append(f"Lost = published × connected − received within {args.drain_seconds:g} s after the last "
+                       "publish (late, not dropped: the clients check seqs for gaps).")
     return table
 
 
 def case_ws_multiplex(ctx: Any, table_class: Any) -> Any:
-    """run.py: `Case("ws_multiplex", lambda ctx: bench_ws.case_ws_multiplex(ctx, Table))`; column ws."""
+    """For run.py: `Case("ws_multiplex", lambda ctx: bench_ws.case_ws_multiplex(ctx, Table))`."""
     args = ctx.args
     streams = getattr(args, "ws_streams", None) or (20 if args.quick else 100)
     rate = getattr(args, "ws_stream_rate", None) or 10.0
@@ -604,8 +617,7 @@ def case_ws_multiplex(ctx: Any, table_class: Any) -> Any:
     table = table_class("ws_multiplex", f"One WebSocket, {streams} streams × {rate:g} events/s for {seconds:g} s",
                         f"One socket subscribed to {streams} console streams; every stream gets {rate:g} events/s "
                         f"({streams * rate:,.0f} events/s on the socket), published {streams} per journal call.")
-    rows = _rows(table)
-    rows["connected"].label = "sockets connected"
+    rows = _rows(table, ["ws"])
     log("ws_multiplex")
     try:
         _fill(table, "ws", multiplex(ctx.workdir, streams, rate, seconds, args.drain_seconds), rows)
@@ -637,12 +649,10 @@ class _Table:
         return self.rows[-1]
 
     def render(self) -> str:
-        columns = sorted({c for row in self.rows for c in row.values}, key=["sse", "ws", "ws+deflate"].index)
-        lines = [f"### {self.title}", "", self.goal, "", "| metric | " + " | ".join(columns) + " |",
-                 "|---|" + "---:|" * len(columns)]
+        lines = [f"### {self.title}", "", self.goal, "", f"| metric | {COLUMN} |", "|---|---:|"]
         for row in self.rows:
-            cells = ["n/a" if row.values.get(c) is None else row.fmt.format(row.values[c]) for c in columns]
-            lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+            value = row.values.get(COLUMN)
+            lines.append(f"| {row.label} | {'n/a' if value is None else row.fmt.format(value)} |")
         lines += [""] + [f"- {note}" for note in self.notes] if self.notes else []
         return "\n".join(lines) + "\n"
 

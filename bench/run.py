@@ -576,6 +576,12 @@ def _multinode(name: str) -> Callable[[Context], Table]:
     return case
 
 
+def _bench_ws() -> Any:
+    import bench_ws
+
+    return bench_ws
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -591,6 +597,8 @@ CASES = [
     Case("redis_append", _multinode("redis_append")),
     Case("crossnode", _multinode("crossnode")),
     Case("fanout3", _multinode("fanout3")),
+    Case("ws_fanout", lambda ctx: _bench_ws().case_ws_fanout(ctx, Table)),
+    Case("ws_multiplex", lambda ctx: _bench_ws().case_ws_multiplex(ctx, Table)),
 ]
 
 

@@ -13,7 +13,7 @@ Client → server, one JSON text frame each, answered in order by one `{"op": "a
 Server → client, one text frame each: a journaled event is its envelope exactly as stored (it
 carries `stream` and `seq`); per subscription `stream.open` and, when the position cannot be served,
 `stream.reset`, shaped `{"stream", "type", "data"}` with no seq (after a reset the position is
-`data.head`); `{"op": "ping"}` after `config.heartbeat` seconds without a frame. A subscribe's
+`data.head`); `{"op": "ping"}` after about `config.heartbeat` seconds without a frame. A subscribe's
 `stream.open` (and reset) comes before its ack, the ack before the subscription's first event.
 
 A bad frame gets an error and the connection lives on. Close codes: 1003 binary frame, 1009 frame
@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -52,7 +52,6 @@ CLOSE_GRACE = 5.0
 # The writer yields to the loop after this many frames: a long replay must not freeze the worker.
 YIELD_EVERY = 64
 
-PING = '{"op":"ping"}'
 T = TypeVar("T")
 
 
@@ -82,9 +81,13 @@ def ws_control(stream: str, type: str, data: JSON, seq: int | None = None) -> by
 
 class WsOutbox(Outbox):
     transport = "ws"
+    ping = b'{"op":"ping"}\n'  # put by the hub's heartbeat into an outbox idle for that long
 
     def encode(self, event: Event) -> bytes:
         return ws_frame(event)
+
+    def encode_many(self, events: Sequence[Event]) -> bytes:
+        return b"".join([event.raw + b"\n" for event in events])  # replayed: seen once, not cached
 
     def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
         return ws_control(stream, type, data, seq)
@@ -121,9 +124,11 @@ def route(hub: Hub, console: Console, config: Config) -> WebSocketRoute:
 
 
 class _Connection:
-    """Three things race, as in `EventStreamResponse`: the writer (drains the outbox, one frame per
-    envelope, a ping when idle), the reader (handles requests one at a time, in order, and ends on
-    a disconnect or a frame that closes the socket), and an abort (slow consumer, shutdown)."""
+    """Two tasks race, as in `EventStreamResponse`: the writer (drains the outbox, one frame per
+    envelope; the hub's heartbeat puts a ping into an idle outbox) and the reader (handles requests
+    one at a time, in order, and ends on a disconnect or a frame that closes the socket). An abort
+    (slow consumer, shutdown) cancels the writer, which may be blocked on a client that stopped
+    reading."""
 
     def __init__(self, endpoint: WebSocketEndpoint) -> None:
         self.hub = endpoint.hub
@@ -141,18 +146,24 @@ class _Connection:
         try:
             writer = asyncio.create_task(self._write(send), name="ws writer")
             reader = asyncio.create_task(self._read(receive), name="ws reader")
-            aborted = asyncio.create_task(self.outbox.aborted.wait(), name="ws abort")
-            done, pending = await asyncio.wait({writer, reader, aborted}, return_when=asyncio.FIRST_COMPLETED)
+
+            def cancel_writer() -> None:
+                writer.cancel()
+
+            self.outbox.on_abort = cancel_writer
+            if self.outbox.reason is not None:
+                writer.cancel()
+            done, pending = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
             code: int | None = None
             reason = ""
             if reader in done:
                 code = reader.result() if reader.exception() is None else CLOSE_ERROR
             elif self.outbox.reason is not None:
                 code, reason = close_for(self.outbox.reason)
-            elif writer in done and writer.exception() is None:  # the outbox ended
+            elif not writer.cancelled() and writer.exception() is None:  # the outbox ended
                 code = 1000
-            # End the outbox before cancelling: a writer whose cancel got lost (3.11's wait_for, in
-            # `Outbox.take`, can swallow one) still stops at its next take.
+            # End the outbox before cancelling, so a writer that missed its cancel still stops at
+            # its next take.
             self.outbox.abort("closed")
             for task in pending:
                 task.cancel()
@@ -175,14 +186,7 @@ class _Connection:
 
     async def _write(self, send: Send) -> None:
         outbox = self.outbox
-        heartbeat = self.config.heartbeat
-        while True:
-            chunks = await outbox.take(heartbeat)
-            if chunks is None:
-                return
-            if not chunks:
-                await send({"type": "websocket.send", "text": PING})
-                continue
+        while (chunks := await outbox.take()) is not None:
             sent = 0
             for chunk in chunks:
                 for text in chunk.decode().split("\n"):

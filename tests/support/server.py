@@ -125,6 +125,7 @@ def running_app(config: Config | None = None, **overrides: object) -> Iterator[t
     app = create_app(config)
     server = _ThreadServer(uvicorn.Config(app, host="127.0.0.1", port=config.port, loop="asyncio",
                                           http="httptools", ws="websockets-sansio", log_level="warning",
+                                          ws_per_message_deflate=False, ws_max_size=config.max_body,
                                           timeout_graceful_shutdown=1))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
