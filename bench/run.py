@@ -558,7 +558,8 @@ def case_console(ctx: Context) -> Table:
     for label, key, fmt in (("delta latency p50 (ms)", "delta_p50_ms", "{:,.1f}"),
                             ("delta latency p99 (ms)", "delta_p99_ms", "{:,.1f}"),
                             ("server CPU-s per 100k deliveries", "cpu_s_per_100k", "{:,.3f}"),
-                            ("deliveries", "deliveries", "{:,.0f}"), ("events lost", "deltas_missing", "{:,.0f}"),
+                            ("deliveries", "deliveries", "{:,.0f}"), ("events lost", "lost", "{:,.0f}"),
+                            ("viewers that saw their turn end", "viewers_completed", "{:,.0f}"),
                             ("quick turn: first event, median (ms)", "quick_first_event_median_ms", "{:,.1f}")):
         table.row(label, fmt, ratio=False).values["agentwire"] = result[key]
     table.notes.append(f"quick turn first event, each of 5 (ms): {result['quick_first_event_ms']}")
