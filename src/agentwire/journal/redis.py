@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - redis[hiredis] installs it
     _c_pack = None  # type: ignore[assignment]
 
 from agentwire.journal import Listener
+from agentwire.journal.group_commit import GroupCommit, Pending
 from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable, now_ms
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class _Item:
 
 _SEQ0 = len(b'{"seq":0,')
 
-_Batch = list[tuple[list[_Item], "asyncio.Future[list[Event]]"]]
+_Batch = Pending[list[_Item]]
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
@@ -93,9 +94,7 @@ class RedisJournal:
         self._listener: Listener | None = None
         self._redis: aioredis.Redis | None = None
         self._lease: AsyncScript | None = None
-        self._pending: _Batch = []
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._writes: GroupCommit[list[_Item]] = GroupCommit(self._commit)
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
         # Watched streams → the last seq passed on to the listener (also where XREAD resumes).
@@ -138,14 +137,12 @@ class RedisJournal:
             raise _unavailable(exc) from exc
         self._redis = client
         self._lease = client.register_script(_LEASE)
-        self._writer = asyncio.create_task(self._write_loop(), name="journal-writer")
+        self._writes.start()
         self._reader = asyncio.create_task(self._read_loop(), name="journal-reader")
 
     async def close(self) -> None:
         self._closed = True
-        if self._writer is not None:
-            self._wake.set()
-            await self._writer
+        await self._writes.close()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
@@ -161,7 +158,7 @@ class RedisJournal:
         return (await self.append_many([item]))[0]
 
     async def append_many(self, items: Sequence[Append]) -> list[Event]:
-        if self._closed or self._writer is None:
+        if self._closed or not self._writes.started:
             raise Unavailable("Redis journal is closed" if self._closed else "Redis journal is not started")
         if not items:
             return []
@@ -181,20 +178,7 @@ class RedisJournal:
                 "" if doc is None else doc.id,
                 b"" if doc is None or doc.body is None else orjson.dumps(doc.body),
             ))
-        future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
-        self._pending.append((prepared, future))
-        self._wake.set()
-        return await future
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._commit(batch)
-            if self._closed:
-                return
+        return await self._writes.submit(prepared)
 
     async def _commit(self, batch: _Batch) -> None:
         # Whole batches go into script calls of up to SCRIPT_EVENTS events, all sent as one pipeline.

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from agentwire.journal import Listener
+from agentwire.journal.group_commit import GroupCommit, Pending
 from agentwire.journal.leases import LocalLeases
 from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable
 
@@ -29,7 +30,7 @@ CREATE TABLE IF NOT EXISTS docs (
 ) WITHOUT ROWID;
 """
 
-_Batch = list[tuple[Sequence[Append], "asyncio.Future[list[Event]]"]]
+_Batch = Pending[Sequence[Append]]
 
 
 def sqlite_path(url: str) -> str:
@@ -69,17 +70,14 @@ class SqliteJournal(LocalLeases):
         self._local = threading.local()
         self._write_conn: sqlite3.Connection | None = None
         self._heads: dict[str, tuple[str, int, int]] = {}  # name -> (epoch, first, head), committed
-        self._pending: _Batch = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
+        self._writes: GroupCommit[Sequence[Append]] = GroupCommit(self._commit)
         self._epoch = ""
 
     async def start(self) -> None:
         if os.path.dirname(self._path):
             os.makedirs(os.path.dirname(self._path), exist_ok=True)
         await self._run_write(self._open)
-        self._task = asyncio.create_task(self._write_loop(), name="journal-writer")
+        self._writes.start()
 
     def _open(self) -> None:
         conn = _connect(self._path)
@@ -93,10 +91,7 @@ class SqliteJournal(LocalLeases):
             self._heads[name] = (epoch, first, head)
 
     async def close(self) -> None:
-        self._closed = True
-        if self._task is not None:
-            self._wake.set()
-            await self._task
+        await self._writes.close()
         if self._write_conn is not None:
             await self._run_write(self._write_conn.close)
         self._writer.shutdown(wait=True)
@@ -124,22 +119,9 @@ class SqliteJournal(LocalLeases):
         return (await self.append_many([item]))[0]
 
     async def append_many(self, items: Sequence[Append]) -> list[Event]:
-        if self._closed:
+        if self._writes.closed:
             raise Unavailable("journal is closed")
-        future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
-        self._pending.append((items, future))
-        self._wake.set()
-        return await future
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._commit(batch)
-            if self._closed:
-                return
+        return await self._writes.submit(items)
 
     async def _commit(self, batch: _Batch) -> None:
         try:
