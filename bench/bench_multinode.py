@@ -44,7 +44,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,8 @@ sys.path.insert(0, str(BENCH_DIR.parent))  # the checkout, for tests.support (as
 
 from bench_redis import _append  # noqa: E402
 from common import PublishSpec, cpu_seconds, die_with_parent, raise_nofile  # noqa: E402
-from sse_client import ClientSpec, client_process, latencies_from  # noqa: E402
+from load_clients import Clients  # noqa: E402
+from sse_client import ClientSpec, latencies_from  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -209,50 +209,6 @@ def cluster(workdir: Path, count: int) -> Iterator[tuple[RedisServer, list[Node]
         for node in nodes:
             node.stop()
         redis.stop()
-
-
-class Clients:
-    """Forked `sse_client.py` processes, ended on exit whatever happened."""
-
-    def __init__(self, specs: list[ClientSpec]) -> None:
-        self.specs = specs
-        self.procs: list[multiprocessing.process.BaseProcess] = []
-        self.pipes: list[Connection] = []
-
-    def __enter__(self) -> Clients:
-        mp = multiprocessing.get_context("fork")
-        for spec in self.specs:
-            parent, child = mp.Pipe()
-            proc = mp.Process(target=client_process, args=(spec, child), daemon=True)
-            proc.start()
-            child.close()
-            self.procs.append(proc)
-            self.pipes.append(parent)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(3)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for pipe in self.pipes:
-            pipe.close()
-
-    def receive(self, kind: str, timeout: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        out = []
-        for proc, pipe in zip(self.procs, self.pipes, strict=True):
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"a load client sent no {kind!r} in {timeout:.0f} s (alive: {proc.is_alive()})")
-            got, payload = pipe.recv()
-            if got != kind:
-                raise RuntimeError(f"a load client sent {got!r}, expected {kind!r}")
-            out.append(payload)
-        return out
 
 
 # --------------------------------------------------------------------------- measurements

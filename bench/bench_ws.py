@@ -27,7 +27,6 @@ import base64
 import contextlib
 import http.client
 import json
-import multiprocessing
 import os
 import resource
 import signal
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from common import PublishSpec, cpu_seconds, publish_loop, raise_nofile
+from load_clients import Clients
 from sse_client import ClientSpec, client_process, latencies_from
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -406,50 +406,6 @@ def ws_client_process(spec: WsSpec, pipe: Connection) -> None:
         uvloop.run(_ws_run(spec, pipe))
     finally:
         pipe.close()
-
-
-class Clients:
-    """Forked load client processes, ended on exit whatever happened."""
-
-    def __init__(self, jobs: list[tuple[Any, Any]]) -> None:
-        self.jobs = jobs  # (target function, spec)
-        self.procs: list[multiprocessing.process.BaseProcess] = []
-        self.pipes: list[Connection] = []
-
-    def __enter__(self) -> Clients:
-        mp = multiprocessing.get_context("fork")
-        for target, spec in self.jobs:
-            parent, child = mp.Pipe()
-            proc = mp.Process(target=target, args=(spec, child), daemon=True)
-            proc.start()
-            child.close()
-            self.procs.append(proc)
-            self.pipes.append(parent)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(3)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for pipe in self.pipes:
-            pipe.close()
-
-    def receive(self, kind: str, timeout: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        out = []
-        for proc, pipe in zip(self.procs, self.pipes, strict=True):
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"a load client sent no {kind!r} within {timeout:.0f} s (alive: {proc.is_alive()})")
-            got, payload = pipe.recv()
-            if got != kind:
-                raise RuntimeError(f"a load client sent {got!r}, expected {kind!r}")
-            out.append(payload)
-        return out
 
 
 # --------------------------------------------------------------------------- measurements

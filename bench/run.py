@@ -23,7 +23,6 @@ import contextlib
 import datetime as dt
 import http.client
 import json
-import multiprocessing
 import os
 import platform
 import shlex
@@ -38,13 +37,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from multiprocessing.connection import Connection
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from common import PublishSpec, cpu_seconds, die_with_parent, raise_nofile, rss_bytes
-from sse_client import ClientSpec, client_process, latencies_from
+from load_clients import Clients
+from sse_client import ClientSpec, latencies_from
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -181,65 +179,6 @@ class Server:
 
 
 # --------------------------------------------------------------------------- load client processes
-
-
-class Clients:
-    """Load client processes (forked); ended on exit whatever happened."""
-
-    def __init__(self, specs: list[ClientSpec]) -> None:
-        self.specs = specs
-        self.procs: list[multiprocessing.process.BaseProcess] = []
-        self.pipes: list[Connection] = []
-
-    def __enter__(self) -> Clients:
-        mp = multiprocessing.get_context("fork")
-        for spec in self.specs:
-            parent, child = mp.Pipe()
-            proc = mp.Process(target=client_process, args=(spec, child), daemon=True)
-            proc.start()
-            child.close()
-            self.procs.append(proc)
-            self.pipes.append(parent)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for proc in self.procs:
-            proc.join(0 if exc_type else 5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(3)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for pipe in self.pipes:
-            pipe.close()
-
-    def _receive(self, kind: str, timeout: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        out = []
-        for proc, pipe in zip(self.procs, self.pipes, strict=True):
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"a load client sent no {kind!r} within {timeout:.0f} s (alive: {proc.is_alive()})")
-            try:
-                got, payload = pipe.recv()
-            except EOFError as exc:
-                raise RuntimeError(f"a load client died (exit code {proc.exitcode})") from exc
-            if got != kind:
-                raise RuntimeError(f"a load client sent {got!r}, expected {kind!r}")
-            out.append(payload)
-        return out
-
-    def ready(self, timeout: float) -> list[dict[str, Any]]:
-        return self._receive("ready", timeout)
-
-    def results(self, timeout: float) -> list[dict[str, Any]]:
-        return self._receive("result", timeout)
-
-    def stop(self) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(OSError):
-                pipe.send("stop")
 
 
 def split(total: int, parts: int) -> list[int]:
