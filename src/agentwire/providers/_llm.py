@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 
@@ -27,6 +27,7 @@ from agentwire.providers import ProviderError, ToolOutcome, TurnIO
 from agentwire.types import JSON
 
 R = TypeVar("R")
+ClientT = TypeVar("ClientT")
 BlockKind = Literal["text", "thinking"]
 
 DEFAULT_MAX_ROUNDS = 20
@@ -335,3 +336,42 @@ def add_extra(io: TurnIO, **counts: int) -> None:
     for name, value in counts.items():
         if value:
             io.usage.extra[name] = int(io.usage.extra.get(name, 0)) + value
+
+
+class SdkProvider(Generic[ClientT]):
+    """What the SDK providers share: their options, one SDK client made on first use and closed with
+    the provider, and the guarded turn. A provider adds its client and its turn."""
+
+    name = "sdk"
+
+    def __init__(self, model: str, options: JSON) -> None:
+        self.model = model
+        self.options = dict(options)
+        self._client: ClientT | None = None
+
+    async def run(self, io: TurnIO) -> None:
+        blocks = Blocks(io)
+        await run_guarded(self.name, blocks, self._turn(io, blocks), self.describe_error)
+
+    def _sdk(self) -> ClientT:
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await self._close_client(client)
+
+    def _make_client(self) -> ClientT:
+        raise NotImplementedError
+
+    async def _close_client(self, client: ClientT) -> None:
+        raise NotImplementedError
+
+    async def _turn(self, io: TurnIO, blocks: Blocks) -> None:
+        raise NotImplementedError
+
+    def describe_error(self, error: BaseException) -> str | None:
+        """The provider's own reading of an SDK error, or None for the generic one."""
+        return None

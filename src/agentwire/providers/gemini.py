@@ -25,6 +25,7 @@ from agentwire.providers._llm import (
     Blocks,
     RateLimit,
     RetryPolicy,
+    SdkProvider,
     StreamIncomplete,
     add_extra,
     call_model,
@@ -35,7 +36,6 @@ from agentwire.providers._llm import (
     merged_options,
     parse_seconds,
     retry_after_from_headers,
-    run_guarded,
     run_tool,
 )
 from agentwire.types import JSON
@@ -54,30 +54,20 @@ class _Round:
     finish_reason: str | None = None
 
 
-class GeminiProvider:
+class GeminiProvider(SdkProvider[genai.Client]):
     name = "gemini"
 
-    def __init__(self, model: str, options: JSON) -> None:
-        self.model = model
-        self.options = dict(options)
-        self._client: genai.Client | None = None
+    def _make_client(self) -> genai.Client:
+        # No retry_options: the SDK does not retry, our loop does (and shows it).
+        http_options = types.HttpOptions(base_url=os.environ.get(BASE_URL_ENV) or None, api_version=API_VERSION)
+        return genai.Client(http_options=http_options)
 
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aio.aclose()
-            client.close()
+    async def _close_client(self, client: genai.Client) -> None:
+        await client.aio.aclose()
+        client.close()
 
-    async def run(self, io: TurnIO) -> None:
-        blocks = Blocks(io)
-        await run_guarded(LABEL, blocks, self._turn(io, blocks), _describe)
-
-    def _sdk(self) -> genai.Client:
-        if self._client is None:
-            # No retry_options: the SDK does not retry, our loop does (and shows it).
-            http_options = types.HttpOptions(base_url=os.environ.get(BASE_URL_ENV) or None, api_version=API_VERSION)
-            self._client = genai.Client(http_options=http_options)
-        return self._client
+    def describe_error(self, error: BaseException) -> str | None:
+        return _describe(error)
 
     async def _turn(self, io: TurnIO, blocks: Blocks) -> None:
         options = merged_options(self.options, io)

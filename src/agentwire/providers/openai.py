@@ -24,6 +24,7 @@ from agentwire.providers._llm import (
     Blocks,
     RateLimit,
     RetryPolicy,
+    SdkProvider,
     StreamIncomplete,
     add_extra,
     call_model,
@@ -33,7 +34,6 @@ from agentwire.providers._llm import (
     loop_limit_error,
     merged_options,
     retry_after_from_headers,
-    run_guarded,
     run_tool,
 )
 from agentwire.types import JSON
@@ -57,27 +57,17 @@ class _Round:
     finish_reason: str | None = None
 
 
-class OpenAIProvider:
+class OpenAIProvider(SdkProvider[AsyncOpenAI]):
     name = "openai"
 
-    def __init__(self, model: str, options: JSON) -> None:
-        self.model = model
-        self.options = dict(options)
-        self._client: AsyncOpenAI | None = None
+    def _make_client(self) -> AsyncOpenAI:
+        return AsyncOpenAI(max_retries=0)  # our retry loop, visible to the user
 
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+    async def _close_client(self, client: AsyncOpenAI) -> None:
+        await client.close()
 
-    async def run(self, io: TurnIO) -> None:
-        blocks = Blocks(io)
-        await run_guarded(LABEL, blocks, self._turn(io, blocks), _describe)
-
-    def _sdk(self) -> AsyncOpenAI:
-        if self._client is None:
-            self._client = AsyncOpenAI(max_retries=0)  # our retry loop, visible to the user
-        return self._client
+    def describe_error(self, error: BaseException) -> str | None:
+        return _describe(error)
 
     async def _turn(self, io: TurnIO, blocks: Blocks) -> None:
         options = merged_options(self.options, io)
