@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
-import json
 import multiprocessing
 import os
 import signal
@@ -51,7 +49,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # the checkout, for tests.support (as bench_redis.py does)
 
 from bench_redis import _append  # noqa: E402
-from common import PublishSpec, cpu_seconds, die_with_parent, raise_nofile  # noqa: E402
+from common import PublishSpec, cpu_seconds, die_with_parent, raise_nofile, request_json  # noqa: E402
 from load_clients import Clients  # noqa: E402
 from sse_client import ClientSpec, latencies_from  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
@@ -159,17 +157,7 @@ class Node:
                 time.sleep(0.1)
 
     def request(self, method: str, path: str, timeout: float) -> dict[str, Any]:
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
-        try:
-            conn.request(method, path, headers={"Content-Length": "0"} if method == "POST" else {})
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
-        if response.status >= 300:
-            raise RuntimeError(f"{method} {path}: HTTP {response.status} {body[:300]!r}")
-        result: dict[str, Any] = json.loads(body)
-        return result
+        return request_json(self.port, method, path, timeout)
 
     def cpu(self) -> float:
         assert self.proc is not None

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import http.client
 import json
 import os
 import resource
@@ -43,7 +42,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
-from common import PublishSpec, cpu_seconds, publish_loop, raise_nofile
+from common import PublishSpec, cpu_seconds, publish_loop, raise_nofile, request_json
 from load_clients import Clients
 from sse_client import ClientSpec, client_process, latencies_from
 
@@ -139,17 +138,7 @@ class Server:
                 time.sleep(0.1)
 
     def request(self, method: str, path: str, timeout: float) -> dict[str, Any]:
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
-        try:
-            conn.request(method, path, headers={"Content-Length": "0"} if method == "POST" else {})
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
-        if response.status >= 300:
-            raise RuntimeError(f"{method} {path}: HTTP {response.status} {body[:300]!r}")
-        result: dict[str, Any] = json.loads(body)
-        return result
+        return request_json(self.port, method, path, timeout)
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import http.client
+import json
 import os
 import resource
 import signal
@@ -122,3 +124,22 @@ async def publish_loop(spec: PublishSpec, emit: Emit) -> dict[str, Any]:
         if spec.rate <= 0:
             await asyncio.sleep(0)  # let the writers run between bursts, as a real producer would
     return {"published": i, "seconds": time.perf_counter() - started}
+
+
+class HttpStatusError(RuntimeError):
+    """A bench endpoint answered with an error status."""
+
+
+def request_json(port: int, method: str, path: str, timeout: float) -> dict[str, Any]:
+    """A bench endpoint's JSON answer (the servers under test all offer the same bench routes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers={"Content-Length": "0"} if method == "POST" else {})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status >= 300:
+        raise HttpStatusError(f"{method} {path}: HTTP {response.status} {body[:300]!r}")
+    result: dict[str, Any] = json.loads(body)
+    return result

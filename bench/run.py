@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import http.client
-import json
 import os
 import platform
 import shlex
@@ -40,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common import PublishSpec, cpu_seconds, die_with_parent, raise_nofile, rss_bytes
+from common import HttpStatusError, PublishSpec, cpu_seconds, die_with_parent, raise_nofile, request_json, rss_bytes
 from load_clients import Clients
 from sse_client import ClientSpec, latencies_from
 
@@ -129,7 +127,7 @@ class Server:
             try:
                 self.request("GET", "/bench/stats", timeout=2.0)
                 return
-            except (OSError, ServerError):
+            except (OSError, ServerError, HttpStatusError):
                 if time.monotonic() > deadline:
                     raise ServerError(
                         f"{self.target.name} not ready after {timeout:.0f} s: {self.log_tail()}") from None
@@ -156,17 +154,7 @@ class Server:
             proc.wait(5)
 
     def request(self, method: str, path: str, timeout: float) -> dict[str, Any]:
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
-        try:
-            conn.request(method, path, headers={"Content-Length": "0"} if method == "POST" else {})
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
-        if response.status >= 300:
-            raise ServerError(f"{method} {path}: HTTP {response.status} {body[:300]!r}")
-        result: dict[str, Any] = json.loads(body)
-        return result
+        return request_json(self.port, method, path, timeout)
 
     def publish(self, spec: PublishSpec, timeout: float) -> dict[str, Any]:
         return self.request("POST", f"/bench/publish?{spec.query()}", timeout)
