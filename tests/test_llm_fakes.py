@@ -11,7 +11,6 @@ from typing import Any
 
 import anthropic
 import httpx
-import httpx2
 import openai
 import pytest
 from google import genai
@@ -404,17 +403,23 @@ def test_malformed_chunk(llm_server: FakeLLMServer, provider: str) -> None:
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_dropped_connection(llm_server: FakeLLMServer, provider: str) -> None:
+    """The SDK sees the socket close mid-body. Which exception class carries that differs between SDK
+    releases (raw transport error, or the SDK's connection error wrapping it), so this checks what
+    every release reports: an error whose chain names the incomplete body, after the partial text."""
     llm_server.enqueue(fake.dropped_connection())
     out = Streamed()
-    if provider == "openai":
-        with pytest.raises(openai.APIConnectionError) as error:
-            stream(provider, llm_server, out=out)
-        assert isinstance(error.value.__cause__, httpx2.RemoteProtocolError)
-    else:
-        with pytest.raises((httpx2.RemoteProtocolError, httpx.RemoteProtocolError)) as raw:
-            stream(provider, llm_server, out=out)
-        assert "incomplete chunked read" in str(raw.value)
+    with pytest.raises(Exception) as raised:
+        stream(provider, llm_server, out=out)
+    assert "incomplete chunked read" in _chain_text(raised.value)
     assert out.text and fake.PARTIAL_TEXT.startswith(out.text) and out.text != fake.PARTIAL_TEXT
+
+
+def _chain_text(error: BaseException | None) -> str:
+    parts = []
+    while error is not None:
+        parts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return " <- ".join(parts)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
