@@ -43,6 +43,8 @@ class RecordingTurnIO:
     lane: str = "main"
     usage: Usage = field(default_factory=Usage)
     stop_reason: str = ""
+    resume: JSON = field(default_factory=dict)
+    cwd: str = "."
     handlers: dict[str, ToolHandler] = field(default_factory=dict)
     events: list[tuple[str, JSON]] = field(default_factory=list)
     outstanding_llm_calls: int = 0
@@ -77,6 +79,11 @@ class RecordingTurnIO:
 
     async def todos(self, todos: list[JSON]) -> None:
         self._record("todo.updated", todos=todos)
+
+    async def remember(self, agent: JSON) -> None:
+        self._record("agent.info", **agent)
+        if self.lane == "main":
+            self.resume = dict(agent)
 
     @asynccontextmanager
     async def llm_call(self) -> AsyncIterator[None]:

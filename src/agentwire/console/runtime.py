@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import secrets
 from collections import deque
@@ -42,6 +43,8 @@ class SessionOptions(BaseModel):
     thinking: bool | Annotated[int, Field(ge=1024, le=200_000)] | Literal["adaptive"] | None = None
     fail_at: Annotated[int, Field(ge=0)] | None = None
     command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)] | None = None
+    # The working directory of an agent that runs tools (Claude Code, Codex, Gemini CLI); must exist.
+    cwd: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=200_000)] | None = None
     max_rounds: Annotated[int, Field(ge=1, le=100)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -66,6 +69,14 @@ def check_session_name(name: str) -> str:
             "starting with a letter or digit",
             code="bad_session_name", status=422, field="session")
     return name
+
+
+def check_cwd(path: str) -> str:
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(full):
+        raise AgentwireError(f"options.cwd: no such directory {path[:200]!r}", code="bad_cwd", status=422,
+                             field="options.cwd")
+    return full
 
 
 def new_id(prefix: str) -> str:
@@ -180,6 +191,8 @@ class Console:
         if await self.hub.journal.get_doc("session", name) is not None:
             raise Conflict(f"session {name!r} exists", code="session_exists")
         options = body.options.model_dump(exclude_none=True)
+        if "cwd" in options:
+            options["cwd"] = check_cwd(options["cwd"])
         if provider == "cli" and "command" not in options:
             options["command"] = list(self.config.cli_command)
         model = body.model or (provider == self.config.provider and self.config.model) or info.default_model
@@ -239,7 +252,7 @@ class Console:
         position = await self.hub.journal.position(KONSOLE_PREFIX + name)
         lanes = self._lanes.get(name, _Lanes())
         return {
-            **view.state, "session": name, "todos": view.todos, "usage": view.usage,
+            **view.state, "session": name, "todos": view.todos, "usage": view.usage, "agent": view.agent,
             "running": [_turn_json(t) for t in view.open_turns() if t.status == "running"],
             "queued": [_turn_json(t) for t in view.open_turns() if t.status == "queued"],
             "local_queue": [t.id for t in lanes.queue], "epoch": position.epoch, "head": position.head,
@@ -326,7 +339,10 @@ class Console:
                 session = await self.session(turn.session)
                 await self._started(turn, session)
             view = await self.view(turn.session)
-            runner = TurnRunner(self, turn, session, view.history(turn.lane, before_turn=turn.id), self.tools.specs)
+            # Read per turn, not cached: the last turn may have run on another node, or before a restart.
+            resume = await self.hub.journal.get_doc("agent", turn.session) if turn.lane == "main" else None
+            runner = TurnRunner(self, turn, session, view.history(turn.lane, before_turn=turn.id), self.tools.specs,
+                                resume)
             if turn.lane == "quick":
                 provider = await self.pool.acquire(session["provider"], session.get("model"), session["options"])
             else:

@@ -40,6 +40,7 @@ class Transcript:
     usage: JSON = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
     state: JSON = field(default_factory=lambda: {"agent_state": "idle", "outstanding_llm_calls": 0,
                                                  "outstanding_tool_calls": []})
+    agent: JSON = field(default_factory=dict)  # the latest `agent.info`: what runs this session's turns
     _blocks: dict[tuple[str, str, int], JSON] = field(default_factory=dict)
     _tools: dict[str, JSON] = field(default_factory=dict)
 
@@ -95,6 +96,8 @@ class Transcript:
                          duration_ms=data.get("duration_ms"), done=True, seq=seq)
         elif kind == "todo.updated":
             self.todos = list(data.get("todos", []))
+        elif kind == "agent.info":
+            self.agent = dict(data)
         elif kind == "state":
             self.state = {k: data[k] for k in ("agent_state", "outstanding_llm_calls", "outstanding_tool_calls")
                           if k in data} | {"turn": turn, "lane": lane}

@@ -4,6 +4,7 @@ agent-state tracking and timing."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -93,7 +94,7 @@ class TurnRunner:
     """Implements `providers.TurnIO` for one turn: its calls become journaled events, in order."""
 
     def __init__(self, console: Console, turn: Turn, session: JSON, history: list[Message],
-                 tools: list[ToolSpec]) -> None:
+                 tools: list[ToolSpec], resume: JSON | None = None) -> None:
         self.console = console
         self.turn = turn
         self.turn_id = turn.id
@@ -104,6 +105,8 @@ class TurnRunner:
         self.model = str(session.get("model") or "")
         self.system = str(session.get("system") or "")
         self.options: JSON = dict(session.get("options") or {})
+        self.resume: JSON = dict(resume or {})
+        self.cwd = str(self.options.get("cwd") or os.getcwd())
         self.tools = tools
         self.usage = Usage()
         self.stop_reason = "end_turn"
@@ -192,6 +195,15 @@ class TurnRunner:
 
     async def todos(self, todos: list[JSON]) -> None:
         await self.emit("todo.updated", {"todos": todos})
+
+    async def remember(self, agent: JSON) -> None:
+        # Stored with its event, so the record and the stream cannot disagree; a quick turn's agent
+        # has a context of its own and must not become what the main lane resumes.
+        doc = Doc("agent", self.session, agent) if self.lane == "main" else None
+        await self._writer.put(Append(self.turn.stream, "agent.info", agent, turn=self.turn.id, lane=self.lane,
+                                      doc=doc))
+        if doc is not None:
+            self.resume = dict(agent)
 
     async def finish(self, type: str, data: JSON) -> Event:
         """The turn's last events: the agent is idle again, then the terminal event (closing its doc).

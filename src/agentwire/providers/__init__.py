@@ -78,6 +78,11 @@ class TurnIO(Protocol):
     tools: list[ToolSpec]  # the built-in tools offered to the model
     usage: Usage
     stop_reason: str
+    # What the agent kept for this session with `remember` (e.g. its own session id to resume), as
+    # stored in the journal: it survives restarts and is the same on every node. {} on the quick
+    # lane, which has a context of its own, and before the session's first `remember`.
+    resume: JSON
+    cwd: str  # the directory an agent that runs tools works in (session option `cwd`, else the server's)
 
     async def thinking(self, block: int, text: str) -> None: ...
 
@@ -108,6 +113,12 @@ class TurnIO(Protocol):
 
     async def state(self, agent_state: str, **extra: Any) -> None:
         """An agent-state change worth showing (e.g. "rate_limited" with `retry_in_s`)."""
+        ...
+
+    async def remember(self, agent: JSON) -> None:
+        """What the agent is (`name`, `version`, `model`, `cwd`, …, shown in the session header) and
+        what it needs to continue this session later (`resume_id`): journaled as `agent.info`; on the
+        main lane also kept as the session's `resume` for its next turns."""
         ...
 
 
