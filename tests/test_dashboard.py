@@ -718,7 +718,7 @@ def test_markdown_renderer_builds_elements_not_html(server: ServerProcess, conte
                      "<del>old</del>", "snake_case_name",
                      '<a href="https://example.com/spec" target="_blank" rel="noopener noreferrer nofollow">'
                      "the spec</a>",
-                     "<ul><li>one</li><li><p>two</p><ul><li>nested</li></ul></li></ul>",
+                     "<ul><li>one</li><li>two<ul><li>nested</li></ul></li></ul>",
                      "<ol><li>first</li><li>second</li></ol>",
                      '<pre class="code"><code class="lang-py">print("&lt;hi&gt;")</code></pre>',
                      "<blockquote><p>quoted</p></blockquote>", '<th style="text-align:right">seq</th>',
