@@ -598,7 +598,8 @@ def test_reconnect_backoff_policy(server: ServerProcess, context: BrowserContext
     """250 ms doubling to a 15 s cap with ±20 % jitter, reset on open; the status text's format."""
     dash = Dashboard.open(context, server.url, _name("policy"))
     delays = dash.page.evaluate("""async () => {
-        const { Backoff, describeStatus } = await import('/static/net.js');
+        const { Backoff } = await import('/static/retry.js');
+        const { describeStatus } = await import('/static/net.js');
         const low = new Backoff({ random: () => 0 }), high = new Backoff({ random: () => 1 });
         const mid = new Backoff({ random: () => 0.5 });
         const run = (b) => Array.from({ length: 9 }, () => b.next());

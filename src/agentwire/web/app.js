@@ -5,6 +5,7 @@ import { BoardView } from './board.js';
 import { ConsoleView } from './console.js';
 import { $, clear, h } from './dom.js';
 import { chosenTransport, describeStatus, Net } from './net.js';
+import { retry } from './retry.js';
 
 const metrics = {};
 const net = new Net({ transport: chosenTransport() });
@@ -305,10 +306,11 @@ setInterval(() => {
 window.__aw = { net, console: consoleView, board, metrics };
 
 (async () => {
-  for (let attempt = 0; attempt < 3 && !sessions.length; attempt += 1) {
+  // A server just started may list no session yet: look three times before making one.
+  await retry(async () => {
     await refreshSessions();
-    if (!sessions.length) await new Promise((resolve) => setTimeout(resolve, 300));
-  }
+    if (!sessions.length) throw new Error('no sessions yet');
+  }, { tries: 3 }).catch(() => {});
   await route();
   board.start();
   net.start();

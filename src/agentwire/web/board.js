@@ -4,6 +4,7 @@
 
 import * as api from './api.js';
 import { clear, fmtDate, h, timingView } from './dom.js';
+import { retry } from './retry.js';
 
 const STATUSES = ['pending', 'in_progress', 'completed', 'failed', 'cancelled'];
 const STATUS_LABELS = {
@@ -42,19 +43,12 @@ export class BoardView extends EventTarget {
   async start() {
     if (this.sub || this.loading) return;
     this.loading = true;
-    for (let attempt = 0; ; attempt += 1) {
-      try {
-        const head = await this.loadSnapshot();
-        this.sub = this.net.subscribe({
-          stream: 'tasks', path: '/api/stream/tasks', from: head + 1,
-          onEvent: (envelope) => this.onEvent(envelope),
-          onReset: () => this.reload(),
-        });
-        break;
-      } catch (error) {
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** attempt)));
-      }
-    }
+    const head = await retry(() => this.loadSnapshot());
+    this.sub = this.net.subscribe({
+      stream: 'tasks', path: '/api/stream/tasks', from: head + 1,
+      onEvent: (envelope) => this.onEvent(envelope),
+      onReset: () => this.reload(),
+    });
     this.loading = false;
   }
 
@@ -71,17 +65,10 @@ export class BoardView extends EventTarget {
 
   async reload() {
     this.held = this.held || [];
-    for (let attempt = 0; ; attempt += 1) {
-      try {
-        const head = await this.loadSnapshot();
-        const held = this.held;
-        this.held = null;
-        for (const envelope of held) if (envelope.seq > head) this.onEvent(envelope);
-        return;
-      } catch {
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** attempt)));
-      }
-    }
+    const head = await retry(() => this.loadSnapshot());
+    const held = this.held;
+    this.held = null;
+    for (const envelope of held) if (envelope.seq > head) this.onEvent(envelope);
   }
 
   onEvent(envelope) {

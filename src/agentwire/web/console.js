@@ -5,6 +5,7 @@
 import * as api from './api.js';
 import { clear, h, timingView } from './dom.js';
 import { renderMarkdown } from './markdown.js';
+import { retry } from './retry.js';
 import { Transcript } from './transcript.js';
 
 const STATE_LABELS = {
@@ -90,22 +91,16 @@ export class ConsoleView extends EventTarget {
   async reload(info) {
     const session = this.session;
     this.buffer = this.buffer || [];
-    for (let attempt = 0; session === this.session; attempt += 1) {
-      try {
-        const snapshot = await api.get(api.sessionPath(session, '/messages'));
-        if (session !== this.session) return;
-        const held = this.buffer;
-        this.buffer = null;
-        this.reset(Transcript.fromSnapshot(snapshot));
-        for (const envelope of held) this.onEvent(envelope);
-        this.metrics.resets = (this.metrics.resets || 0) + 1;
-        this.metrics.lastReset = info && info.reason;
-        this.emitChange();
-        return;
-      } catch (error) {
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** attempt)));
-      }
-    }
+    const snapshot = await retry(() => api.get(api.sessionPath(session, '/messages')),
+      { wanted: () => session === this.session });
+    if (session !== this.session) return;
+    const held = this.buffer;
+    this.buffer = null;
+    this.reset(Transcript.fromSnapshot(snapshot));
+    for (const envelope of held) this.onEvent(envelope);
+    this.metrics.resets = (this.metrics.resets || 0) + 1;
+    this.metrics.lastReset = info && info.reason;
+    this.emitChange();
   }
 
   // events
