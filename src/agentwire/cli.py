@@ -9,7 +9,10 @@ import shlex
 import sys
 from typing import Any
 
+import orjson
+
 from agentwire.config import ENV, Config, ConfigError
+from agentwire.types import JSON
 
 
 def _serve_parser(sub: Any) -> None:
@@ -81,8 +84,73 @@ def main(argv: list[str] | None = None) -> int:
         from agentwire.server import serve
 
         return serve(config)
-    from agentwire import client
-
     if args.command == "chat":
-        return asyncio.run(client.chat_command(args.url, args.token, args.session, args.message, args.quick))
-    return asyncio.run(client.tail_command(args.url, args.token, args.stream, args.from_, args.raw))
+        return asyncio.run(chat_command(args.url, args.token, args.session, args.message, args.quick))
+    return asyncio.run(tail_command(args.url, args.token, args.stream, args.from_, args.raw))
+
+
+def _print_event(envelope: JSON, out: Any) -> None:
+    kind, data = envelope["type"], envelope.get("data", {})
+    if kind in ("text.delta",):
+        out.write(data.get("text", ""))
+    elif kind == "text.done":
+        out.write("\n")
+    elif kind == "thinking.done":
+        out.write(f"\x1b[2m(thought: {data.get('text', '')[:200]})\x1b[0m\n")
+    elif kind == "tool.call":
+        out.write(f"\x1b[36m→ {data.get('name')}({orjson.dumps(data.get('input')).decode()[:200]})\x1b[0m\n")
+    elif kind == "tool.result":
+        mark = "✗" if data.get("is_error") else "✓"
+        out.write(f"\x1b[36m  {mark} {str(data.get('output'))[:200]}\x1b[0m\n")
+    elif kind == "todo.updated":
+        for todo in data.get("todos", []):
+            box = {"completed": "[x]", "in_progress": "[~]"}.get(todo.get("status"), "[ ]")
+            out.write(f"  {box} {todo.get('content')}\n")
+    elif kind == "turn.queued":
+        out.write(f"(queued, position {data.get('position')})\n")
+    elif kind == "turn.completed":
+        timing = data.get("timing", {})
+        out.write(f"\x1b[2m— done in {timing.get('totalMs', 0) / 1000:.1f}s, TTFE {timing.get('ttfeMs')} ms, "
+                  f"{timing.get('toolCallCount', 0)} tools\x1b[0m\n")
+    elif kind == "turn.failed":
+        out.write(f"\x1b[31mturn failed: {data.get('error')}\x1b[0m\n")
+    elif kind == "turn.cancelled":
+        out.write(f"turn cancelled: {data.get('reason')}\n")
+    out.flush()
+
+
+async def chat_command(url: str, token: str | None, session: str, message: str, quick: bool) -> int:
+    from agentwire.client import Client, StreamFailed
+
+    async with Client(url, token, max_attempts=40) as client:
+        client.on_status = lambda status, attempt, delay: status == "reconnecting" and print(
+            f"\x1b[33m(reconnecting, attempt {attempt}, next in {delay:.1f}s)\x1b[0m", file=sys.stderr)
+        final = "turn.failed"
+        try:
+            async for envelope in client.turn(session, message, lane="quick" if quick else "main"):
+                _print_event(envelope, sys.stdout)
+                final = envelope["type"]
+        except StreamFailed as exc:
+            print(f"agentwire chat: {exc}", file=sys.stderr)
+            return 1
+        return 0 if final == "turn.completed" else 1
+
+
+async def tail_command(url: str, token: str | None, stream: str, from_: int | None, raw: bool) -> int:
+    from agentwire.client import Client, StreamFailed
+
+    async with Client(url, token) as client:
+        try:
+            async for envelope in client.follow(stream, None if from_ is None else max(0, from_ - 1)):
+                if raw:
+                    print(orjson.dumps(envelope).decode(), flush=True)
+                else:
+                    seq = envelope.get("seq", "-")
+                    print(f"{seq:>6} {envelope['type']:<16} {orjson.dumps(envelope.get('data')).decode()[:160]}",
+                          flush=True)
+        except StreamFailed as exc:
+            print(f"agentwire tail: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+    return 0
