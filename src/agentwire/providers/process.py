@@ -80,3 +80,25 @@ async def stop_tagged(tag: str, *, grace: float = 1.5, first: signal.Signals = s
         while find_tagged(tag) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
     return pids
+
+
+async def stop_agent(pid: int | None, tag: str, *, interrupt_grace: float = 2.0, grace: float = 1.5) -> None:
+    """Stop an agent and everything it started. SIGINT first, to the agent alone: Claude Code then
+    stops the tools it runs and exits (on SIGTERM it exits at once and leaves them running). After
+    `interrupt_grace` seconds, SIGTERM then SIGKILL to every process still carrying the tag."""
+    try:
+        if pid is not None and pid in find_tagged(tag):
+            signal_all([pid], signal.SIGINT)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + interrupt_grace
+            while pid in find_tagged(tag) and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await stop_tagged(tag, grace=grace)
+    except BaseException:  # cancelled half-way (e.g. a second cancel at shutdown): leave nothing running
+        kill_tagged(tag)
+        raise
+
+
+def kill_tagged(tag: str) -> None:
+    """SIGKILL every process carrying `tag`, without waiting: the last resort where nothing may await."""
+    signal_all(find_tagged(tag), signal.SIGKILL)
