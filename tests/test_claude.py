@@ -15,10 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from agentwire.config import Config
 from tests.fakes import llm_servers as fake
 from tests.support import claude_code as cc
+from tests.support.browser import Dashboard, launch, new_context
+from tests.support.redis_server import shared_redis_server
 from tests.support.server import free_port, running_app
 from tests.support.turns import create_session, run_turn, wait_for
 
@@ -147,6 +150,18 @@ def test_todos_come_only_from_the_todo_tool_call_that_worked(env: Env) -> None:
     assert update_seqs[0] > seqs[calls["TaskCreate"]] and update_seqs[1] > seqs[calls["TaskUpdate"]]
     state = httpx.get(f"{env.url}/api/konsole/todos/state", timeout=10).json()
     assert state["todos"] == updates[-1]["todos"]
+
+    # The next turn goes on from the session's list: a second task, the first one deleted, an update
+    # of a task that does not exist (Claude Code answers "Task not found", not an error), TaskList.
+    env.fake.enqueue(
+        fake.tool_call("TaskCreate", {"subject": "Write the report", "description": "For the team"}),
+        fake.tool_call("TaskUpdate", {"taskId": "1", "status": "deleted"}),
+        fake.tool_call("TaskUpdate", {"taskId": "9", "status": "completed"}),
+        fake.tool_call("TaskList", {}),
+        fake.text("Report next."))
+    events = run_turn(env.url, "todos", "Now the report")
+    report = {"id": "2", "content": "Write the report", "status": "pending", "activeForm": "Write the report"}
+    assert [u["todos"] for u in of(events, "todo.updated")] == [[*updates[-1]["todos"], report], [report]]
 
 
 def test_cancel_during_a_bash_sleep_stops_the_tool_and_keeps_the_agent(env: Env) -> None:
@@ -305,7 +320,9 @@ def _own_server(env: Env, journal: str, **config: Any) -> Any:
 
 def test_a_restart_between_turns_keeps_the_context(env: Env) -> None:
     journal = f"sqlite:///{env.root}/restart.db"
-    env.fake.enqueue(fake.text("Remember: blue."), fake.text("It was blue."))
+    env.fake.enqueue(fake.tool_call("TaskCreate", {"subject": "Paint it", "activeForm": "Painting it"}),
+                     fake.text("Remember: blue."),
+                     fake.tool_call("TaskUpdate", {"taskId": "1", "status": "completed"}), fake.text("It was blue."))
     with _own_server(env, journal) as (url, _):
         first = run_turn(url, "restart", "My favourite colour is blue")
     since = env.seen()
@@ -313,6 +330,9 @@ def test_a_restart_between_turns_keeps_the_context(env: Env) -> None:
         second = run_turn(url, "restart", "What was my favourite colour?")
     assert second[-1]["type"] == "turn.completed"
     assert {"My favourite colour is blue", "Remember: blue."} <= set(cc.user_texts(env.bodies(since)[0]))
+    # The todo list goes on from the journal too.
+    assert of(second, "todo.updated") == [
+        {"todos": [{"id": "1", "content": "Paint it", "status": "completed", "activeForm": "Painting it"}]}]
     before, after = of(first, "agent.info")[0], of(second, "agent.info")[0]
     assert after["resume_id"] == before["resume_id"] and after["pid"] != before["pid"]
 
@@ -327,3 +347,70 @@ def test_an_idle_agent_is_reaped_and_the_next_turn_resumes(env: Env) -> None:
         second = run_turn(url, "reap", "What did I note?")
     assert second[-1]["type"] == "turn.completed" and of(second, "agent.info")[0]["pid"] != pid
     assert "Note this: 42" in cc.user_texts(env.bodies(since)[0])
+
+
+@pytest.mark.redis
+def test_turns_alternating_between_two_nodes_keep_one_context(env: Env) -> None:
+    """Node A's live process falls behind once node B has run a turn: A notices (the session's record
+    names B's turn, not its own last one) and resumes in a new process."""
+    journal = f"{shared_redis_server().url}?prefix=claude-{time.monotonic_ns()}:"
+    env.fake.enqueue(fake.text("A heard one."), fake.text("B heard two."), fake.text("A heard three."))
+    with _own_server(env, journal) as (a, _), _own_server(env, journal) as (b, _):
+        first = run_turn(a, "nodes", "One")
+        since = env.seen()
+        second = run_turn(b, "nodes", "Two")
+        assert {"One", "A heard one."} <= set(cc.user_texts(env.bodies(since)[0]))
+        since = env.seen()
+        third = run_turn(a, "nodes", "Three")
+        assert {"One", "A heard one.", "Two", "B heard two."} <= set(cc.user_texts(env.bodies(since)[0]))
+        pids = [of(events, "agent.info")[-1]["pid"] for events in (first, second, third)]
+        assert len(set(pids)) == 3 and pids[0] not in cc.processes(env.home)
+        assert len({of(events, "agent.info")[-1]["resume_id"] for events in (first, second, third)}) == 1
+
+
+@pytest.mark.browser
+def test_the_dashboard_shows_the_agent_nested_calls_denials_and_rate_limits(env: Env) -> None:
+    cwd = env.session("dash")
+    env.fake.enqueue(
+        fake.tool_call("Agent", {"description": "Look around", "prompt": "List the files",
+                                 "subagent_type": "general-purpose", "run_in_background": False}),
+        fake.tool_call("Bash", {"command": "echo nested", "description": "Echo"}),
+        fake.text("The subagent saw: nested"),
+        fake.tool_call("Write", {"file_path": str(cwd / "notes.txt"), "content": "hi"}),
+        fake.text("Done, but I may not write."),
+        fake.rate_limited(2), fake.text("After the wait."))
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            dash = Dashboard.open(new_context(browser), env.url, "dash")
+            page = dash.page
+            dash.send("Delegate it")
+            dash.wait_turns_done(1)
+            assert page.inner_text("#session-agent") == f"Claude Code {cc.VERSION} · {cc.MODEL} · {cwd}"
+            assert _tool_tree(page) == [("Agent", ["Bash"]), ("Write", [])]
+            assert page.inner_text("#lane-main .end-denials") == f"NOT PERMITTED\nWrite {cwd / 'notes.txt'}"
+            # The same page after a reload (the stream replayed, folded).
+            page.reload()
+            dash.wait_status("connected")
+            dash.wait_turns_done(1)
+            assert _tool_tree(page) == [("Agent", ["Bash"]), ("Write", [])]
+            assert page.inner_text("#session-agent").startswith(f"Claude Code {cc.VERSION}")
+            dash.send("Once more")
+            page.wait_for_function("() => /^rate limited, retrying in \\d+\\.\\d s$/"
+                                   ".test(document.querySelector('#agent-state').textContent)")
+            dash.wait_turns_done(2)
+            assert not dash.errors
+        finally:
+            browser.close()
+
+
+def _tool_tree(page: Any) -> list[tuple[str, list[str]]]:
+    """The main lane's top-level tool cards, each with the cards nested under it."""
+    tree: list[tuple[str, list[str]]] = page.evaluate("""() => [...document.querySelectorAll(
+        '#lane-main .assistant > details.tool')].map(card => {
+            const next = card.nextElementSibling;
+            const nested = next && next.classList.contains('tool-children')
+                ? [...next.querySelectorAll('details.tool .tool-name')].map(e => e.textContent) : [];
+            return [card.querySelector('.tool-name').textContent, nested];
+        })""")
+    return [(name, nested) for name, nested in tree]

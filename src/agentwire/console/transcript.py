@@ -102,8 +102,8 @@ class Transcript:
         elif kind == "agent.info":
             self.agent = dict(data)
         elif kind == "state":
-            self.state = {k: data[k] for k in ("agent_state", "outstanding_llm_calls", "outstanding_tool_calls")
-                          if k in data} | {"turn": turn, "lane": lane}
+            self.state = {k: data[k] for k in ("agent_state", "outstanding_llm_calls", "outstanding_tool_calls",
+                                               "retry_in_ms") if k in data} | {"turn": turn, "lane": lane}
         elif kind in TERMINAL:
             summary = self.turns.get(turn)
             if summary is not None:

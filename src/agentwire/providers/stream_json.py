@@ -3,8 +3,8 @@ from claude-agent-sdk) and the `cli` provider (lines a subprocess prints). One `
 turn: `handle()` every message in order, then `complete()`.
 
 - `system`: `init` says what the agent is (version, model, cwd, session id): kept with `io.remember`
-  when the turn ends (and at once for a new agent session), with the session id to resume; `api_retry` → `state rate_limited` with
-  `retry_in_ms` (Claude Code retries by itself), and back to `waiting_for_model` when it asks again.
+  when the turn ends (and at once for a new agent session), with the session id to resume;
+  `api_retry` → `state rate_limited` with `retry_in_ms` (Claude Code retries by itself).
 - `stream_event` (Anthropic raw stream events, with `--include-partial-messages`): text and thinking
   deltas as they arrive. Content-block indexes restart with each API message, so blocks get our own
   per-turn numbers.
