@@ -6,6 +6,7 @@ the fake answers in order, so each test queues exactly what its turns ask for.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -17,12 +18,13 @@ import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
+from agentwire import providers
 from agentwire.config import Config
 from tests.fakes import llm_servers as fake
 from tests.support import claude_code as cc
 from tests.support.browser import Dashboard, launch, new_context
 from tests.support.redis_server import shared_redis_server
-from tests.support.server import free_port, running_app
+from tests.support.server import ServerProcess, free_port, running_app
 from tests.support.turns import create_session, run_turn, wait_for
 
 JSON = dict[str, Any]
@@ -414,3 +416,35 @@ def _tool_tree(page: Any) -> list[tuple[str, list[str]]]:
             return [card.querySelector('.tool-name').textContent, nested];
         })""")
     return [(name, nested) for name, nested in tree]
+
+
+def test_a_server_shutdown_mid_tool_leaves_no_process(env: Env) -> None:
+    """SIGTERM to `agentwire serve` while Claude Code runs a Bash command: the turn ends as
+    interrupted and neither the agent nor its command outlives the server."""
+    home = cc.make_home(env.root / "shutdown-home")  # this server's agents, told apart from the others
+    journal = f"sqlite:///{env.root}/shutdown.db"
+    with ServerProcess(journal, args=["--provider", "claude", "--model", cc.MODEL], env={"HOME": str(home)},
+                       log_path=env.root / "shutdown.log") as server:
+        env.fake.enqueue(fake.tool_call("Bash", {"command": cc.SLEEP, "description": "Wait"}))
+        with httpx.stream("POST", f"{server.url}/api/konsole/bye/stream", json={"message": "Wait for it"},
+                          timeout=10) as response:
+            assert response.status_code == 200  # the turn goes on without this reader
+        wait_for(lambda: len(cc.sleeping(home)) == 1, timeout=30)
+        assert cc.agents(home)
+        assert server.terminate(timeout=15) < 10
+    assert cc.processes(home) == {}
+    with ServerProcess(journal, args=["--provider", "claude"], env={"HOME": str(home)}) as server:
+        turns = httpx.get(f"{server.url}/api/konsole/bye/messages", timeout=10).json()["messages"]
+    assert turns[-1]["kind"] == "turn.failed" and turns[-1]["error"] == "interrupted"
+
+
+def test_a_provider_whose_package_is_missing_is_refused_at_session_creation(monkeypatch: pytest.MonkeyPatch) -> None:
+    info = providers.PROVIDERS["claude"]
+    monkeypatch.setitem(providers.PROVIDERS, "claude", dataclasses.replace(info, requires="no_such_sdk_here"))
+    with running_app() as (url, _):
+        response = httpx.post(f"{url}/api/konsole", json={"name": "s", "provider": "claude"}, timeout=10)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("provider_unavailable", "provider")
+    assert error["message"] == ("provider 'claude' needs the Python package no-such-sdk-here: "
+                                "pip install 'agentwire[claude]'")

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import secrets
 import shlex
+import shutil
 from dataclasses import MISSING, dataclass, field
 
 
@@ -51,6 +52,8 @@ class Config:
             raise ConfigError("--workers must be at least 1")
         if self.agent_ttl <= 0:
             raise ConfigError("--agent-ttl must be a positive number of seconds")
+        if self.claude_bin is not None and shutil.which(self.claude_bin) is None:
+            raise ConfigError(f"--claude-bin: no program {self.claude_bin!r} (a path, or a name on PATH)")
         # Checked here, so `agentwire serve` says so in one line instead of a traceback from the app.
         if self.journal.split("://", 1)[0] not in ("memory", "sqlite", "redis") or "://" not in self.journal:
             raise ConfigError(f"unknown journal URL {self.journal!r}: use memory://, sqlite:///path or "

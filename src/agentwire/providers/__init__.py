@@ -9,6 +9,7 @@ subprocess). A failure the user should read is raised as `ProviderError(message)
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -147,13 +148,15 @@ class ProviderInfo:
     # session (`console/agents.py`) and closes it after an idle time; it resumes from `io.resume`
     # whenever its process is new.
     live: bool = False
+    requires: str | None = None  # the Python package it needs (an optional extra of agentwire)
 
 
 PROVIDERS: dict[str, ProviderInfo] = {
     "scripted": ProviderInfo("agentwire.providers.scripted:ScriptedProvider", None, "scripted-1"),
     "cli": ProviderInfo("agentwire.providers.cli_agent:CliProvider", None, "cli"),
     # No key check: Claude Code may be logged in to an account instead of using ANTHROPIC_API_KEY.
-    "claude": ProviderInfo("agentwire.providers.claude:ClaudeProvider", None, "default", live=True),
+    "claude": ProviderInfo("agentwire.providers.claude:ClaudeProvider", None, "default", live=True,
+                           requires="claude_agent_sdk"),
     "anthropic": ProviderInfo("agentwire.providers.anthropic:AnthropicProvider", "ANTHROPIC_API_KEY",
                               "claude-sonnet-4-6"),
     "openai": ProviderInfo("agentwire.providers.openai:OpenAIProvider", "OPENAI_API_KEY", "gpt-4.1-mini"),
@@ -168,6 +171,11 @@ def check_provider(name: str) -> ProviderInfo:
         raise AgentwireError(
             f"unknown provider {name!r}; choose one of {', '.join(sorted(PROVIDERS))}",
             code="unknown_provider", status=422, field="provider",
+        )
+    if info.requires is not None and importlib.util.find_spec(info.requires) is None:
+        raise AgentwireError(
+            f"provider {name!r} needs the Python package {info.requires.replace('_', '-')}: "
+            f"pip install 'agentwire[{name}]'", code="provider_unavailable", status=422, field="provider",
         )
     if info.key_env is not None and not _key_present(name, info.key_env):
         raise AgentwireError(
