@@ -22,7 +22,6 @@ size given); the fake and the measuring client share this process.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import socket
@@ -39,7 +38,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # the checkout, for tests.fakes and tests.support
 
-from common import die_with_parent  # noqa: E402
+from common import call_json, die_with_parent, free_port, stop_process  # noqa: E402
 from tests.fakes.llm_servers import FakeLLMServer, text  # noqa: E402
 from tests.support.claude_code import BUNDLED, MODEL, VERSION, agents, claude_env, make_home, processes  # noqa: E402
 
@@ -48,29 +47,9 @@ TARGET = "agentwire"  # the column of run.py's tables these figures go in
 ANSWER = "The journal keeps every event, in order, exactly once."
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _request(port: int, method: str, path: str, body: Any = None) -> Any:
-    conn = http.client.HTTPConnection(HOST, port, timeout=10)
-    try:
-        conn.request(method, path, body=None if body is None else json.dumps(body),
-                     headers={"content-type": "application/json"})
-        response = conn.getresponse()
-        data = response.read()
-    finally:
-        conn.close()
-    if response.status >= 300:
-        raise RuntimeError(f"{method} {path}: HTTP {response.status} {data[:300]!r}")
-    return json.loads(data) if data else None
-
-
 @contextmanager
 def _server(workdir: Path, env: dict[str, str], quick_pool: int) -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     log = open(workdir / f"server-{port}.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port), "--quick-pool", str(quick_pool),
@@ -80,7 +59,7 @@ def _server(workdir: Path, env: dict[str, str], quick_pool: int) -> Iterator[int
         deadline = time.monotonic() + 30
         while True:
             try:
-                _request(port, "GET", "/healthz")
+                call_json(port, "GET", "/healthz", timeout=1)
                 break
             except OSError as exc:
                 if time.monotonic() > deadline or proc.poll() is not None:
@@ -88,12 +67,7 @@ def _server(workdir: Path, env: dict[str, str], quick_pool: int) -> Iterator[int
                 time.sleep(0.1)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 20)
         log.close()
 
 
@@ -120,7 +94,7 @@ def _first_text_ms(port: int, session: str, message: str, lane: str = "main") ->
 
 def _create(port: int, session: str, cwd: Path) -> None:
     cwd.mkdir(exist_ok=True)
-    _request(port, "POST", "/api/konsole", {"name": session, "provider": "claude", "model": MODEL,
+    call_json(port, "POST", "/api/konsole", {"name": session, "provider": "claude", "model": MODEL,
                                             "options": {"cwd": str(cwd)}})
 
 

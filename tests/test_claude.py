@@ -10,7 +10,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,25 +166,41 @@ def test_todos_come_only_from_the_todo_tool_call_that_worked(env: Env) -> None:
     assert [u["todos"] for u in of(events, "todo.updated")] == [[*updates[-1]["todos"], report], [report]]
 
 
-def test_cancel_during_a_bash_sleep_stops_the_tool_and_keeps_the_agent(env: Env) -> None:
-    cwd = env.session("cancel")
-    env.fake.enqueue(fake.tool_call("Bash", {"command": cc.SLEEP, "description": "Wait"}), fake.text("Next one."))
-    cancelled: list[float] = []
+def _sleeping_turn(env: Env, session: str, meanwhile: Callable[[], None], *, cancel: bool = True) -> list[JSON]:
+    """A turn whose Bash call sleeps: once the command runs, `meanwhile()`, then (if `cancel`) cancel
+    the turn; returns its events."""
+    env.fake.enqueue(fake.tool_call("Bash", {"command": cc.SLEEP, "description": "Wait"}))
+    done: list[bool] = []
 
     def on_event(envelope: JSON) -> None:
-        if envelope["type"] == "tool.call" and not cancelled:
+        if envelope["type"] == "tool.call" and not done:
             wait_for(lambda: len(cc.sleeping(env.home)) == 1, timeout=20)
-            cancelled.append(time.monotonic())
-            httpx.post(f"{env.url}/api/konsole/cancel/cancel", timeout=10).raise_for_status()
+            meanwhile()
+            done.append(True)
+            if cancel:
+                httpx.post(f"{env.url}/api/konsole/{session}/cancel", timeout=10).raise_for_status()
 
-    events = run_turn(env.url, "cancel", "Wait for it", on_event=on_event)
+    return run_turn(env.url, session, "Wait for it", on_event=on_event)
+
+
+def _live_agent(env: Env, cwd: Path, warm: set[int]) -> int:
+    """The session's main-lane Claude Code: its one process that is not the quick lane's warm worker."""
+    (pid,) = set(cc.agents(env.home, cwd)) - warm
+    return pid
+
+
+def test_cancel_during_a_bash_sleep_stops_the_tool_and_keeps_the_agent(env: Env) -> None:
+    cwd = env.session("cancel")
+    started = time.monotonic()
+    events = _sleeping_turn(env, "cancel", lambda: None)
     assert events[-1]["type"] == "turn.cancelled"
-    assert time.monotonic() - cancelled[0] < 5
+    assert time.monotonic() - started < 10
     assert cc.sleeping(env.home) == []  # the tool is gone, not orphaned
     (result,) = of(events, "tool.result")
     assert result["is_error"]
     # The process stays and serves the next turn, which knows about the interrupted one.
     pid = of(events, "agent.info")[0]["pid"]
+    env.fake.enqueue(fake.text("Next one."))
     since = env.seen()
     after = run_turn(env.url, "cancel", "Go on")
     assert after[-1]["type"] == "turn.completed" and of(after, "agent.info")[0]["pid"] == pid
@@ -194,23 +210,19 @@ def test_cancel_during_a_bash_sleep_stops_the_tool_and_keeps_the_agent(env: Env)
 
 def test_an_agent_that_does_not_stop_is_stopped_with_everything_it_started(env: Env) -> None:
     cwd = env.session("frozen")
-    env.fake.enqueue(fake.tool_call("Bash", {"command": cc.SLEEP, "description": "Wait"}), fake.text("Back."))
-    frozen: list[int] = []
-
-    def on_event(envelope: JSON) -> None:
-        if envelope["type"] == "tool.call" and not frozen:
-            wait_for(lambda: len(cc.sleeping(env.home)) == 1, timeout=20)
-            (pid,) = set(cc.agents(env.home, cwd)) - warm
-            os.kill(pid, signal.SIGSTOP)  # it can answer neither the interrupt nor SIGINT
-            frozen.append(pid)
-            httpx.post(f"{env.url}/api/konsole/frozen/cancel", timeout=10).raise_for_status()
-
     wait_for(lambda: len(cc.agents(env.home, cwd)) == 1)
     warm = set(cc.agents(env.home, cwd))
-    events = run_turn(env.url, "frozen", "Wait for it", on_event=on_event)
+    frozen: list[int] = []
+
+    def freeze() -> None:  # it can answer neither the interrupt nor SIGINT
+        frozen.append(_live_agent(env, cwd, warm))
+        os.kill(frozen[0], signal.SIGSTOP)
+
+    events = _sleeping_turn(env, "frozen", freeze)
     assert events[-1]["type"] == "turn.cancelled"
     assert cc.sleeping(env.home) == [] and frozen[0] not in cc.processes(env.home)
     # The next turn starts Claude Code again, on the same Claude session.
+    env.fake.enqueue(fake.text("Back."))
     since = env.seen()
     after = run_turn(env.url, "frozen", "Are you back?")
     assert after[-1]["type"] == "turn.completed" and of(after, "agent.info")[0]["pid"] != frozen[0]
@@ -219,20 +231,14 @@ def test_an_agent_that_does_not_stop_is_stopped_with_everything_it_started(env: 
 
 def test_a_crash_of_the_agent_fails_the_turn_and_leaves_no_tool(env: Env) -> None:
     cwd = env.session("crash")
-    env.fake.enqueue(fake.tool_call("Bash", {"command": cc.SLEEP, "description": "Wait"}), fake.text("Back."))
     wait_for(lambda: len(cc.agents(env.home, cwd)) == 1)
     warm = set(cc.agents(env.home, cwd))
-
-    def on_event(envelope: JSON) -> None:
-        if envelope["type"] == "tool.call":
-            wait_for(lambda: len(cc.sleeping(env.home)) == 1, timeout=20)
-            (pid,) = set(cc.agents(env.home, cwd)) - warm
-            os.kill(pid, signal.SIGKILL)
-
-    events = run_turn(env.url, "crash", "Wait for it", on_event=on_event)
+    events = _sleeping_turn(env, "crash", lambda: os.kill(_live_agent(env, cwd, warm), signal.SIGKILL),
+                            cancel=False)
     assert events[-1]["type"] == "turn.failed"
     assert events[-1]["data"]["error"].startswith("Claude Code stopped")
     wait_for(lambda: cc.sleeping(env.home) == [], timeout=5)
+    env.fake.enqueue(fake.text("Back."))
     assert run_turn(env.url, "crash", "Again")[-1]["type"] == "turn.completed"
 
 

@@ -20,6 +20,7 @@ from agentwire.providers import ProviderError, make_provider
 from agentwire.providers.cli_agent import CliProvider
 from tests.fakes import llm_servers as fake
 from tests.support import claude_code as cc
+from tests.support.procs import alive
 from tests.support.server import running_app
 from tests.support.turn_io import RecordingTurnIO
 from tests.support.turns import run_turn
@@ -355,15 +356,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_app(provider="cli", cli_command=fake_command(fake_dir)) as (url, _):
         yield url
     # Shutting down stops every process it started, the warm ones included.
-    assert not [path for path in fake_dir.glob("*.start") if _alive(int(path.stem))]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            return file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
+    assert not [path for path in fake_dir.glob("*.start") if alive(int(path.stem))]
 
 
 def _session(prefix: str) -> str:

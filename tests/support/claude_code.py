@@ -13,6 +13,10 @@ import claude_agent_sdk
 import pytest
 
 from tests.fakes.llm_servers import FakeLLMServer
+from tests.support.procs import started_at, with_environ
+
+__all__ = ["BUNDLED", "MODEL", "SLEEP", "VERSION", "agents", "claude_env", "make_home", "patched_env", "processes",
+           "sleeping", "started_at", "user_texts"]
 
 BUNDLED = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
 VERSION = (BUNDLED.parent / "claude.version").read_text().split()[0]  # "2.1.332 (Claude Code)"
@@ -50,23 +54,7 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
 
 def processes(home: Path) -> dict[int, str]:
     """pid → command line of every live process started with this HOME (agents and their tools)."""
-    marker = f"HOME={home}".encode()
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as file:
-                if marker not in file.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat", "rb") as file:
-                if file.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                found[int(entry)] = file.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-    return found
+    return with_environ(f"HOME={home}")
 
 
 def agents(home: Path, cwd: Path | None = None) -> dict[int, str]:
@@ -79,12 +67,6 @@ def agents(home: Path, cwd: Path | None = None) -> dict[int, str]:
 
 def sleeping(home: Path) -> list[int]:
     return [pid for pid, cmd in processes(home).items() if cmd.startswith("sleep 300")]
-
-
-def started_at(pid: int) -> int:
-    """The process's start time (clock ticks since boot): tells a pid apart from a reused one."""
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        return int(file.read().rsplit(b")", 1)[1].split()[19])
 
 
 def _cwd(pid: int) -> str | None:
