@@ -5,8 +5,9 @@ events by `stream_json.StreamJsonTurn`, which the `claude` provider shares.
 The command line is the session option `command` (the server fills in its default). The user's message
 is written to the child's stdin, which is then closed (that is how `claude -p` reads a prompt given
 without an argument), so a process can be started before its turn arrives: `warm()` starts it and
-checks it is alive, and `run()` uses that process if it is still alive (the quick lane's warm pool;
-the real `claude -p` gives up after ~3 s without input, so for Claude Code use the `claude` provider).
+checks it is alive, and `run()` uses that process if it is still alive (the quick lane's warm pool).
+The real `claude -p` gives up after ~3 s without input (for Claude Code, use the `claude` provider): a
+warm process that serves nothing is replaced by a new one for the same turn.
 
 Lines that are not JSON objects, or of an unknown type, are skipped and counted (`malformed_lines` in
 the usage); if the process then ends without a `result`, the error says so. A process that exits
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -63,6 +65,7 @@ class CliProvider:
         self.model = model
         command = options.get("command")
         self.command: list[str] = [str(part) for part in command] if command else list(DEFAULT_COMMAND)
+        self.cwd = str(options.get("cwd") or os.getcwd())  # where a warm child starts (a turn's: io.cwd)
         self._warm: _Child | None = None
 
     def _base_args(self) -> list[str]:
@@ -75,7 +78,7 @@ class CliProvider:
         """Start the child now (it waits for its prompt on stdin); fail if it dies at once."""
         if self._warm is not None and self._warm.alive:
             return
-        child = await _Child.start(self._base_args())
+        child = await _Child.start(self._base_args(), self.cwd)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(child.exited(), WARM_CHECK)
@@ -109,22 +112,28 @@ class CliProvider:
             args += ["--append-system-prompt", io.system]
         if resume is not None:
             args += ["--resume", resume]
-        child = await self._take_warm(args)
+        child = await self._take_warm(args, io.cwd)
+        warm = child is not None
         if child is None:
             child = await _Child.start(args, io.cwd)
         conversation = _Conversation(child, io, cost_before)
         try:
             await conversation.run()
         except ProviderError as exc:
+            if warm and conversation.lines == 0:
+                # It had given up waiting as we took it (`claude -p`: after ~3 s without input).
+                log.info("warm cli agent %s served nothing (%s); starting another", child.pid, exc)
+                await self._run_once(io, resume, cost_before)
+                return
             if resume is not None and not conversation.turn.init:  # it failed before the session started
                 raise _ResumeFailed(str(exc)) from exc
             raise
 
-    async def _take_warm(self, args: list[str]) -> _Child | None:
+    async def _take_warm(self, args: list[str], cwd: str) -> _Child | None:
         child, self._warm = self._warm, None
         if child is None:
             return None
-        if child.alive and child.args == args:
+        if child.alive and child.args == args and child.cwd == cwd:
             return child
         if not child.alive:
             log.info("warm cli agent (pid %s) had exited (%s); starting another", child.pid, child.returncode)
@@ -139,9 +148,10 @@ class _ResumeFailed(Exception):
 class _Child:
     """One agent subprocess in its own process group, with its stderr drained in the background."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, args: list[str], tag: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, args: list[str], cwd: str, tag: str) -> None:
         self.proc = proc
         self.args = args
+        self.cwd = cwd
         self.tag = tag
         self.pid = proc.pid
         self.started = time.monotonic()
@@ -149,7 +159,7 @@ class _Child:
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"cli stderr {proc.pid}")
 
     @classmethod
-    async def start(cls, args: list[str], cwd: str | None = None) -> _Child:
+    async def start(cls, args: list[str], cwd: str) -> _Child:
         tag = new_tag()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -160,7 +170,7 @@ class _Child:
             raise ProviderError(f"cannot start cli agent: {args[0]}: {exc.strerror or exc}"
                                 if isinstance(exc, OSError) else f"cannot start cli agent: {exc}") from exc
         log.debug("started cli agent pid %s: %s", proc.pid, args)
-        return cls(proc, args, tag)
+        return cls(proc, args, cwd, tag)
 
     @property
     def alive(self) -> bool:
