@@ -33,14 +33,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import time
-from collections import deque
 
 import orjson
 
 from agentwire.providers import ProviderError, TurnIO
-from agentwire.providers.process import new_tag, stop_agent, tagged_env
+from agentwire.providers.process import LINE_LIMIT, AgentProcess
 from agentwire.providers.stream_json import StreamJsonTurn
 from agentwire.types import JSON
 
@@ -48,13 +45,10 @@ log = logging.getLogger("agentwire.providers.cli")
 
 DEFAULT_COMMAND = ("claude", "-p", "--output-format", "stream-json", "--include-partial-messages", "--verbose")
 AGENT_NAME = "cli"  # its name in the session's agent record
-LINE_LIMIT = 16 * 1024 * 1024  # one stdout line (a big tool result or file read fits)
-INTERRUPT_GRACE = 2.0  # seconds a child may take to stop its tools and exit after SIGINT
-TERM_GRACE = 1.5  # seconds between SIGTERM and SIGKILL
+LABEL = "cli agent"  # in error messages
 AFTER_RESULT = 5.0  # seconds a child may take to exit after its `result` line
 AFTER_EOF = 10.0  # seconds a child may take to exit after closing its stdout without a result
 WARM_CHECK = 0.05  # seconds `warm()` watches a new child for an immediate exit
-STDERR_LINES = 20  # stderr lines kept for error messages
 _MODEL_PLACEHOLDER = "cli"  # the registry's default model name for this provider: pass no --model
 
 
@@ -66,7 +60,7 @@ class CliProvider:
         command = options.get("command")
         self.command: list[str] = [str(part) for part in command] if command else list(DEFAULT_COMMAND)
         self.cwd = str(options.get("cwd") or os.getcwd())  # where a warm child starts (a turn's: io.cwd)
-        self._warm: _Child | None = None
+        self._warm: AgentProcess | None = None
 
     def _base_args(self) -> list[str]:
         args = list(self.command)
@@ -78,7 +72,7 @@ class CliProvider:
         """Start the child now (it waits for its prompt on stdin); fail if it dies at once."""
         if self._warm is not None and self._warm.alive:
             return
-        child = await _Child.start(self._base_args(), self.cwd)
+        child = await AgentProcess.start(self._base_args(), self.cwd, label=LABEL)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(child.exited(), WARM_CHECK)
@@ -115,7 +109,7 @@ class CliProvider:
         child = await self._take_warm(args, io.cwd)
         warm = child is not None
         if child is None:
-            child = await _Child.start(args, io.cwd)
+            child = await AgentProcess.start(args, io.cwd, label=LABEL)
         conversation = _Conversation(child, io, cost_before)
         try:
             await conversation.run()
@@ -129,7 +123,7 @@ class CliProvider:
                 raise _ResumeFailed(str(exc)) from exc
             raise
 
-    async def _take_warm(self, args: list[str], cwd: str) -> _Child | None:
+    async def _take_warm(self, args: list[str], cwd: str) -> AgentProcess | None:
         child, self._warm = self._warm, None
         if child is None:
             return None
@@ -145,111 +139,13 @@ class _ResumeFailed(Exception):
     pass
 
 
-class _Child:
-    """One agent subprocess in its own process group, with its stderr drained in the background."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, args: list[str], cwd: str, tag: str) -> None:
-        self.proc = proc
-        self.args = args
-        self.cwd = cwd
-        self.tag = tag
-        self.pid = proc.pid
-        self.started = time.monotonic()
-        self.stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
-        self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"cli stderr {proc.pid}")
-
-    @classmethod
-    async def start(cls, args: list[str], cwd: str) -> _Child:
-        tag = new_tag()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT, start_new_session=True, cwd=cwd,
-                env=tagged_env(tag))
-        except (OSError, ValueError) as exc:
-            raise ProviderError(f"cannot start cli agent: {args[0]}: {exc.strerror or exc}"
-                                if isinstance(exc, OSError) else f"cannot start cli agent: {exc}") from exc
-        log.debug("started cli agent pid %s: %s", proc.pid, args)
-        return cls(proc, args, cwd, tag)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.returncode is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.returncode
-
-    async def _drain_stderr(self) -> None:
-        stream = self.proc.stderr
-        assert stream is not None
-        while True:
-            try:
-                raw = await stream.readline()
-            except ValueError:  # a line over the limit: its start is dropped, keep reading
-                continue
-            if not raw:
-                return
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self.stderr_tail.append(line[:2000])
-                log.debug("cli agent %s stderr: %s", self.pid, line[:2000])
-
-    async def exited(self) -> int:
-        """Wait for the process itself to exit. Polled: before Python 3.12 `Process.wait()` also waits
-        for every pipe to close, which a grandchild that outlives the agent may never do."""
-        while self.proc.returncode is None:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
-
-    async def stderr_settled(self, timeout: float = 0.5) -> None:
-        """Let the stderr reader catch up with what the (exited) child wrote last."""
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(self._stderr_task), timeout)
-
-    def close_stdin(self) -> None:
-        stdin = self.proc.stdin
-        if stdin is not None and not stdin.is_closing():
-            stdin.close()
-
-    async def stop(self) -> None:
-        """Stop the child and every process it started (`process.stop_agent`), and reap it. Safe to
-        call twice, and when cancelled."""
-        self.close_stdin()
-        try:
-            await stop_agent(self.pid if self.alive else None, self.tag, interrupt_grace=INTERRUPT_GRACE,
-                             grace=TERM_GRACE)
-            await asyncio.wait_for(self.exited(), 10)
-        finally:
-            if not self._stderr_task.done():
-                # A killed child closes its pipes; give the reader a moment, then stop it.
-                await self.stderr_settled(0.2)
-                self._stderr_task.cancel()
-
-    def died_message(self, what: str) -> str:
-        code = self.proc.returncode
-        if code is None:
-            status = "is still running"
-        elif code < 0:
-            try:
-                status = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                status = f"was killed by signal {-code}"
-        else:
-            status = f"exited with code {code}"
-        message = f"cli agent {status} ({what})"
-        if self.stderr_tail:
-            message += "; stderr: " + " | ".join(list(self.stderr_tail)[-5:])
-        return message
-
-
 class _Conversation:
     """Feeds one prompt to one child and hands its stream-json lines to the shared mapping."""
 
-    def __init__(self, child: _Child, io: TurnIO, cost_before: float) -> None:
+    def __init__(self, child: AgentProcess, io: TurnIO, cost_before: float) -> None:
         self.child = child
         self.io = io
-        self.turn = StreamJsonTurn(io, AGENT_NAME, "cli agent", cost_before=cost_before)
+        self.turn = StreamJsonTurn(io, AGENT_NAME, LABEL, cost_before=cost_before)
         self.lines = 0  # JSON lines understood
         self.malformed = 0
         self.malformed_samples: list[str] = []
