@@ -21,6 +21,12 @@ process is broken: SIGINT to it, then SIGTERM/SIGKILL to every process carrying 
 `close()` ends the process by closing its input, then stops whatever it left running the same way.
 
 The messages are mapped by `stream_json.StreamJsonTurn`, shared with the `cli` provider.
+
+Where this steps outside the SDK, and why: stopping goes by the process tag, because the SDK's own
+close ends only the CLI (SIGTERM), and Claude Code leaves the tools it runs in sessions of their own
+running when it gets SIGTERM; and the SDK's typed messages are turned back into the stream-json lines
+they were parsed from (`_wire`), because the mapping is shared with the `cli` provider, which reads
+the lines themselves (the SDK's raw messages are not public).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ from claude_agent_sdk import (
 )
 
 from agentwire.providers import ProviderError, TurnIO
-from agentwire.providers.process import TAG_VARIABLE, kill_tagged, new_tag, stop_agent, stop_tagged
+from agentwire.providers.process import LINE_LIMIT, STDERR_LINES, TAG_VARIABLE, kill_tagged, new_tag, stop_agent
 from agentwire.providers.stream_json import StreamJsonTurn
 from agentwire.types import JSON
 
@@ -65,7 +71,6 @@ DEFAULT_MODEL = "default"  # the registry's placeholder: Claude Code's own defau
 INTERRUPT_GRACE = 3.0  # seconds for Claude Code to end an interrupted turn with its result
 SIGINT_GRACE = 2.0  # seconds for it to exit after SIGINT, before SIGTERM/SIGKILL to all it started
 CLOSE_GRACE = 10.0  # seconds for it to exit once its input is closed
-LINE_LIMIT = 16 * 1024 * 1024  # one message (a big tool result or file read fits)
 
 
 @dataclasses.dataclass(eq=False)
@@ -107,7 +112,7 @@ class ClaudeProvider:
         except (TimeoutError, ClaudeSDKError) as exc:
             log.info("Claude Code %s did not close cleanly: %s", live.pid, exc)
         finally:
-            await stop_tagged(live.tag)  # what it left running (a background shell, say)
+            await stop_agent(None, live.tag)  # what it left running (a background shell, say)
 
     async def run(self, io: TurnIO) -> None:
         try:
@@ -180,7 +185,7 @@ class ClaudeProvider:
 
     async def _connect(self, system: str, cwd: str, resume: str | None, cost: float) -> _Live:
         tag = new_tag()
-        stderr: deque[str] = deque(maxlen=20)
+        stderr: deque[str] = deque(maxlen=STDERR_LINES)
         client = ClaudeSDKClient(self._options(system, cwd, resume, tag, stderr))
         try:
             await client.connect()
