@@ -10,6 +10,8 @@ const BLOCK_KINDS = {
   'text.delta': 'text', 'text.done': 'text', 'thinking.delta': 'thinking', 'thinking.done': 'thinking',
 };
 const IDLE = { agent_state: 'idle', outstanding_llm_calls: 0, outstanding_tool_calls: [] };
+const STATE_FIELDS = ['agent_state', 'outstanding_llm_calls', 'outstanding_tool_calls', 'retry_in_ms'];
+const END_FIELDS = ['stop_reason', 'usage', 'timing', 'error', 'reason', 'permission_denials'];
 
 export class Transcript {
   constructor() {
@@ -22,6 +24,7 @@ export class Transcript {
     this.blocks = new Map();
     this.tools = new Map();
     this.todoEntries = new Map();
+    this.agent = {}; // the latest agent.info: what runs this session's turns (shown in the header)
   }
 
   // Apply one envelope; returns {entry, added, delta} for the view, or null if nothing to show.
@@ -84,6 +87,7 @@ export class Transcript {
         ...base, role: 'assistant', kind: 'tool', call_id: data.call_id, name: data.name, input: data.input,
         output: null, is_error: false, duration_ms: null, done: false,
       };
+      if (data.parent_call_id) entry.parent_call_id = data.parent_call_id;
       this.tools.set(String(data.call_id), entry);
       this.entries.push(entry);
       return { entry, added: true };
@@ -116,7 +120,11 @@ export class Transcript {
       return { entry, added };
     }
     if (kind === 'state') {
-      this.state = { ...pick(data, ['agent_state', 'outstanding_llm_calls', 'outstanding_tool_calls']), turn, lane };
+      this.state = { ...pick(data, STATE_FIELDS), turn, lane };
+      return { stateChanged: true };
+    }
+    if (kind === 'agent.info') {
+      this.agent = { ...data };
       return { stateChanged: true };
     }
     if (TERMINAL.has(kind)) {
@@ -129,7 +137,7 @@ export class Transcript {
       for (const name of ['input_tokens', 'output_tokens']) {
         this.usage[name] = (this.usage[name] || 0) + Number(usage[name] || 0);
       }
-      const entry = { ...base, role: 'system', kind, ...pick(data, ['stop_reason', 'usage', 'timing', 'error', 'reason']) };
+      const entry = { ...base, role: 'system', kind, ...pick(data, END_FIELDS) };
       this.entries.push(entry);
       if (![...this.turns.values()].some((t) => t.status === 'running' || t.status === 'queued')) {
         this.state = { ...IDLE };
@@ -145,6 +153,7 @@ export class Transcript {
     const fold = new Transcript();
     fold.seq = snapshot.seq || 0;
     fold.todos = snapshot.todos || [];
+    fold.agent = snapshot.agent || {};
     const lastTodos = new Map();
     for (const entry of snapshot.messages || []) {
       if (entry.kind === 'tool' && entry.name === 'todo_write' && entry.input && Array.isArray(entry.input.todos)) {
