@@ -6,43 +6,29 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
 from agentwire.client import SseMessage
-from agentwire.config import Config
 from tests.support.protocols import (
+    AUTH,
+    TOKEN,
     agui_parts,
     config,
     finish_node,
     journal_parts,
+    port_of,
     run_node,
     start_node,
     turn_events,
     ui_message_parts,
+    unique,
 )
 from tests.support.proxy import TcpProxy
-from tests.support.server import free_port, running_app
 from tests.support.sse import SseStream, parse_sse
 from tests.support.turns import create_session, follow_until, wait_for
-
-TOKEN = "agui-test-token-0123456789"
-AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    db: Path = tmp_path_factory.mktemp("agui") / "journal.db"
-    with running_app(Config(port=free_port(), journal=f"sqlite:///{db}", token=TOKEN)) as (url, _):
-        yield url
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{random.randrange(10**9)}"
 
 
 def _body(thread: str, run: str, message: str = "what changed today?", **extra: object) -> dict[str, object]:
@@ -60,10 +46,10 @@ def _turn_of(url: str, session: str, run: str) -> str:
     return str(started[0]["turn"])
 
 
-def test_http_agent_builds_exactly_the_journal_turn(server: str) -> None:
-    session = _name("agui")
-    create_session(server, session, AUTH, options={"deltas": 20, "delay_ms": 0, "tool_calls": 2})
-    result, stderr = run_node("agui.mjs", config(url=server, token=TOKEN, threadId=session, runId="run-1",
+def test_http_agent_builds_exactly_the_journal_turn(app_url: str) -> None:
+    session = unique("agui")
+    create_session(app_url, session, AUTH, options={"deltas": 20, "delay_ms": 0, "tool_calls": 2})
+    result, stderr = run_node("agui.mjs", config(url=app_url, token=TOKEN, threadId=session, runId="run-1",
                                                  message="compare everything", state={"mine": 1}))
     assert "error" not in result, result
     assert "[ag-ui]" not in stderr  # nothing was stripped or translated on the way in: the events conform
@@ -74,8 +60,8 @@ def test_http_agent_builds_exactly_the_journal_turn(server: str) -> None:
                  "STATE_SNAPSHOT", "CUSTOM"):
         assert kind in result["events"], kind
 
-    turn = _turn_of(server, session, "run-1")
-    events = turn_events(server, session, turn, AUTH)
+    turn = _turn_of(app_url, session, "run-1")
+    events = turn_events(app_url, session, turn, AUTH)
     expected = journal_parts(events, turn)
     assert [p[0] for p in expected].count("tool") == 6 and ("thinking" in [p[0] for p in expected])
     assert agui_parts(result["newMessages"]) == expected
@@ -86,23 +72,23 @@ def test_http_agent_builds_exactly_the_journal_turn(server: str) -> None:
     assert result["state"]["agent"]["agent_state"] == "idle"
     # The task card the agent published, as the board has it.
     (card,) = [c["value"] for c in result["custom"] if c["name"] == "agentwire.task"]
-    board = httpx.get(f"{server}/api/tasks/{card['id']}", headers=AUTH).raise_for_status().json()
+    board = httpx.get(f"{app_url}/api/tasks/{card['id']}", headers=AUTH).raise_for_status().json()
     assert {key: board[key] for key in ("id", "title", "status", "tags", "session")} == {
         "id": card["id"], "title": card["title"], "status": card["status"], "tags": card["tags"], "session": session}
 
 
-def test_a_turn_started_over_ag_ui_is_the_session_stream_everywhere(server: str) -> None:
+def test_a_turn_started_over_ag_ui_is_the_session_stream_everywhere(app_url: str) -> None:
     """The frames' ids are the session's seqs, and the running turn is visible to the AI SDK view."""
-    session = _name("agui-seen")
-    create_session(server, session, AUTH, options={"deltas": 300, "delay_ms": 10})
-    with SseStream(int(server.rsplit(":", 1)[1]), "/api/agui", AUTH, method="POST",
+    session = unique("agui-seen")
+    create_session(app_url, session, AUTH, options={"deltas": 300, "delay_ms": 10})
+    with SseStream(port_of(app_url), "/api/agui", AUTH, method="POST",
                    body=orjson.dumps(_body(session, "run-seen"))) as stream:
         stream.read_until(lambda m: b"TEXT_MESSAGE_CONTENT" in m.data.encode())
         # While it runs: useChat's resume finds it and rebuilds the whole message so far and on.
-        chat, _ = run_node("aisdk.mjs", "resume", config(url=server, token=TOKEN, id=session))
+        chat, _ = run_node("aisdk.mjs", "resume", config(url=app_url, token=TOKEN, id=session))
         stream.read_to_eof(30)
-    turn = _turn_of(server, session, "run-seen")
-    events = turn_events(server, session, turn, AUTH)
+    turn = _turn_of(app_url, session, "run-seen")
+    events = turn_events(app_url, session, turn, AUTH)
     assert chat["status"] == 200 and chat["message"]["id"] == turn
     assert ui_message_parts(chat["message"]) == journal_parts(events, turn)
     seqs = {e["seq"] for e in events if e.get("turn") == turn}
@@ -114,15 +100,15 @@ def _frames(messages: list[SseMessage]) -> list[tuple[str, str]]:
     return [(m.id, m.data) for m in messages if m.id is not None]
 
 
-def test_cut_at_random_points_and_resumed_gives_every_frame_once(server: str) -> None:
+def test_cut_at_random_points_and_resumed_gives_every_frame_once(app_url: str) -> None:
     """Each connection through the proxy is cut after a random number of bytes, and the client posts
     the same run again with `Last-Event-ID` (none if it got no frame yet). Together the pieces are the
     whole run, each frame once, and the run started one turn."""
-    port = int(server.rsplit(":", 1)[1])
+    port = port_of(app_url)
     rng = random.Random(1414)
     for attempt in range(3):
-        session = _name(f"agui-cut{attempt}")
-        create_session(server, session, AUTH, options={"deltas": 60, "delay_ms": 4, "tool_calls": 2})
+        session = unique(f"agui-cut{attempt}")
+        create_session(app_url, session, AUTH, options={"deltas": 60, "delay_ms": 4, "tool_calls": 2})
         run = f"run-cut-{attempt}"
         body = orjson.dumps(_body(session, run))
         got: list[tuple[str, str]] = []
@@ -139,8 +125,8 @@ def test_cut_at_random_points_and_resumed_gives_every_frame_once(server: str) ->
                 if got and orjson.loads(got[-1][1])["type"] == "RUN_FINISHED":
                     break
             assert proxy.cuts_done >= 3
-        turn = _turn_of(server, session, run)
-        events = turn_events(server, session, turn, AUTH)
+        turn = _turn_of(app_url, session, run)
+        events = turn_events(app_url, session, turn, AUTH)
         first = min(e["seq"] for e in events if e.get("turn") == turn)
         # The whole run, replayed from zero frames of its first event, is what the pieces add up to.
         with SseStream(port, "/api/agui", {**AUTH, "last-event-id": f"{first}.0"}, method="POST",
@@ -152,37 +138,37 @@ def test_cut_at_random_points_and_resumed_gives_every_frame_once(server: str) ->
         assert got == reference
 
 
-def test_retrying_the_same_run_starts_no_second_turn(server: str) -> None:
-    session = _name("agui-retry")
-    create_session(server, session, AUTH, options={"deltas": 5, "delay_ms": 0})
+def test_retrying_the_same_run_starts_no_second_turn(app_url: str) -> None:
+    session = unique("agui-retry")
+    create_session(app_url, session, AUTH, options={"deltas": 5, "delay_ms": 0})
     body = _body(session, "run-twice")
-    first = httpx.post(f"{server}/api/agui", json=body, headers=AUTH, timeout=30)
-    again = httpx.post(f"{server}/api/agui", json=body, headers=AUTH, timeout=30)
+    first = httpx.post(f"{app_url}/api/agui", json=body, headers=AUTH, timeout=30)
+    again = httpx.post(f"{app_url}/api/agui", json=body, headers=AUTH, timeout=30)
     assert first.status_code == again.status_code == 200
     assert first.headers["x-agentwire-turn"] == again.headers["x-agentwire-turn"]
     assert first.text.replace("retry: 1000\n\n", "") == again.text.replace("retry: 1000\n\n", "")
-    _turn_of(server, session, "run-twice")  # exactly one turn.started for the run
+    _turn_of(app_url, session, "run-twice")  # exactly one turn.started for the run
     # Resumed inside one event's frames (after TOOL_CALL_START, before its ARGS), exactly the rest comes.
     frames = _frames(parse_sse(first.content))
     index = next(i for i, (id, data) in enumerate(frames) if id.endswith(".1") and "TOOL_CALL_START" in data)
-    rest = httpx.post(f"{server}/api/agui", json=body, headers={**AUTH, "last-event-id": frames[index][0]},
+    rest = httpx.post(f"{app_url}/api/agui", json=body, headers={**AUTH, "last-event-id": frames[index][0]},
                       timeout=30)
     assert _frames(parse_sse(rest.content)) == frames[index + 1:]
     # Resumed after its very last frame, nothing is left.
-    done = httpx.post(f"{server}/api/agui", json=body, headers={**AUTH, "last-event-id": frames[-1][0]}, timeout=30)
+    done = httpx.post(f"{app_url}/api/agui", json=body, headers={**AUTH, "last-event-id": frames[-1][0]}, timeout=30)
     assert done.status_code == 204
 
 
-def test_cancel_ends_the_run_as_cancelled_with_its_messages_closed(server: str) -> None:
-    session = _name("agui-cancel")
-    create_session(server, session, AUTH, options={"deltas": 400, "delay_ms": 10})
-    process = start_node("agui.mjs", config(url=server, token=TOKEN, threadId=session, runId="run-cancel",
+def test_cancel_ends_the_run_as_cancelled_with_its_messages_closed(app_url: str) -> None:
+    session = unique("agui-cancel")
+    create_session(app_url, session, AUTH, options={"deltas": 400, "delay_ms": 10})
+    process = start_node("agui.mjs", config(url=app_url, token=TOKEN, threadId=session, runId="run-cancel",
                                             message="long one"))
     try:
-        wait_for(lambda: httpx.get(f"{server}/api/konsole/{session}/state", headers=AUTH).json()["agent_state"]
+        wait_for(lambda: httpx.get(f"{app_url}/api/konsole/{session}/state", headers=AUTH).json()["agent_state"]
                  == "writing", timeout=30)
         time.sleep(0.2)
-        cancelled = httpx.post(f"{server}/api/konsole/{session}/cancel", headers=AUTH)
+        cancelled = httpx.post(f"{app_url}/api/konsole/{session}/cancel", headers=AUTH)
         assert cancelled.status_code == 200, cancelled.text
         result, _ = finish_node(process)
     finally:
@@ -191,15 +177,15 @@ def test_cancel_ends_the_run_as_cancelled_with_its_messages_closed(server: str) 
     # The verifier accepted RUN_FINISHED, so the open text message was closed first.
     assert result["events"][-2:] == ["TEXT_MESSAGE_END", "RUN_FINISHED"]
     text = [m["content"] for m in result["newMessages"] if m["role"] == "assistant" and m.get("content")]
-    turn = _turn_of(server, session, "run-cancel")
-    assert [p for p in journal_parts(turn_events(server, session, turn, AUTH), turn) if p[0] == "text"] == [
+    turn = _turn_of(app_url, session, "run-cancel")
+    assert [p for p in journal_parts(turn_events(app_url, session, turn, AUTH), turn) if p[0] == "text"] == [
         ("text", text[0])]
 
 
-def test_a_failed_turn_is_a_run_error(server: str) -> None:
-    session = _name("agui-fail")
-    create_session(server, session, AUTH, options={"deltas": 10, "delay_ms": 0, "fail_at": 4})
-    result, _ = run_node("agui.mjs", config(url=server, token=TOKEN, threadId=session, runId="run-fail",
+def test_a_failed_turn_is_a_run_error(app_url: str) -> None:
+    session = unique("agui-fail")
+    create_session(app_url, session, AUTH, options={"deltas": 10, "delay_ms": 0, "fail_at": 4})
+    result, _ = run_node("agui.mjs", config(url=app_url, token=TOKEN, threadId=session, runId="run-fail",
                                             message="break"))
     assert result["runError"]["code"] == "turn_failed"
     assert "scripted failure" in result["runError"]["message"]
@@ -217,28 +203,28 @@ def test_a_failed_turn_is_a_run_error(server: str) -> None:
      "threadId"),
     ({"threadId": "t", "runId": "", "messages": [{"id": "1", "role": "user", "content": "hi"}]}, "runId"),
 ])
-def test_malformed_run_input_is_a_422_and_writes_nothing(server: str, body: dict[str, object], field: str) -> None:
+def test_malformed_run_input_is_a_422_and_writes_nothing(app_url: str, body: dict[str, object], field: str) -> None:
     if "threadId" in body and body["threadId"] == "t":
-        body = {**body, "threadId": _name("agui-bad")}
-    response = httpx.post(f"{server}/api/agui", json=body, headers=AUTH)
+        body = {**body, "threadId": unique("agui-bad")}
+    response = httpx.post(f"{app_url}/api/agui", json=body, headers=AUTH)
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["field"].startswith(field) and error["message"]
     if isinstance(body.get("threadId"), str) and body["threadId"] != "no spaces!":
-        assert httpx.get(f"{server}/api/konsole/{body['threadId']}", headers=AUTH).status_code == 404
+        assert httpx.get(f"{app_url}/api/konsole/{body['threadId']}", headers=AUTH).status_code == 404
 
 
-def test_bad_resumes_are_refused(server: str) -> None:
-    session = _name("agui-resume")
-    create_session(server, session, AUTH, options={"deltas": 3, "delay_ms": 0})
-    first = httpx.post(f"{server}/api/agui", json=_body(session, "run-a"), headers=AUTH, timeout=30)
+def test_bad_resumes_are_refused(app_url: str) -> None:
+    session = unique("agui-resume")
+    create_session(app_url, session, AUTH, options={"deltas": 3, "delay_ms": 0})
+    first = httpx.post(f"{app_url}/api/agui", json=_body(session, "run-a"), headers=AUTH, timeout=30)
     assert first.status_code == 200
     some_id = [line[4:] for line in first.text.splitlines() if line.startswith("id: ")][3]
 
     def post(body: dict[str, object], last_event_id: str) -> httpx.Response:
-        return httpx.post(f"{server}/api/agui", json=body, headers={**AUTH, "last-event-id": last_event_id})
+        return httpx.post(f"{app_url}/api/agui", json=body, headers={**AUTH, "last-event-id": last_event_id})
 
-    unknown = post(_body(_name("agui-nothread"), "run-a"), some_id)
+    unknown = post(_body(unique("agui-nothread"), "run-a"), some_id)
     assert unknown.status_code == 404 and unknown.json()["error"]["field"] == "runId"
     other_run = post(_body(session, "run-never"), some_id)
     assert other_run.status_code == 404 and other_run.json()["error"]["code"] == "run_not_found"
@@ -247,13 +233,13 @@ def test_bad_resumes_are_refused(server: str) -> None:
     beyond = post(_body(session, "run-a"), "999999")
     assert beyond.status_code == 404 and beyond.json()["error"]["code"] == "position_not_found"
     # A frame of another run of the same thread is refused, not quietly served as this run.
-    second = httpx.post(f"{server}/api/agui", json=_body(session, "run-b"), headers=AUTH, timeout=30)
+    second = httpx.post(f"{app_url}/api/agui", json=_body(session, "run-b"), headers=AUTH, timeout=30)
     mismatch = post(_body(session, "run-b"), some_id)
     assert second.status_code == 200 and mismatch.status_code == 409
     assert mismatch.json()["error"]["code"] == "run_mismatch"
 
 
-def test_http_agent_reports_the_error_of_a_refused_run(server: str) -> None:
-    result, _ = run_node("agui.mjs", config(url=server, token=TOKEN, threadId="bad thread", runId="r",
+def test_http_agent_reports_the_error_of_a_refused_run(app_url: str) -> None:
+    result, _ = run_node("agui.mjs", config(url=app_url, token=TOKEN, threadId="bad thread", runId="r",
                                             message="hi"))
     assert result["status"] == 422 and "validation_error" in result["error"] and "threadId" in result["error"]

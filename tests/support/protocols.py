@@ -8,20 +8,46 @@ way); the journal's side comes from the same `Transcript` fold the server and da
 
 from __future__ import annotations
 
+import contextlib
+import random
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
+from agentwire.config import Config
 from agentwire.console.transcript import TERMINAL
+from tests.support.server import free_port, running_app
 from tests.support.turns import follow_until, transcript_of
 
 JSON = dict[str, Any]
+TOKEN = "protocols-test-token-0123456789"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "tests" / "node"
 Part = tuple[Any, ...]
+
+
+@contextlib.contextmanager
+def served(directory: Path) -> Iterator[str]:
+    """A server with a token (the clients send it as their own transports do) and a SQLite journal."""
+    config = Config(port=free_port(), journal=f"sqlite:///{directory / 'journal.db'}", token=TOKEN)
+    with running_app(config) as (url, _):
+        yield url
+
+
+def port_of(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None
+    return port
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{random.randrange(10**9)}"
 
 
 def node_command(script: str, *args: str) -> list[str]:
