@@ -225,18 +225,38 @@ def test_bad_resumes_are_refused(app_url: str) -> None:
         return httpx.post(f"{app_url}/api/agui", json=body, headers={**AUTH, "last-event-id": last_event_id})
 
     unknown = post(_body(unique("agui-nothread"), "run-a"), some_id)
-    assert unknown.status_code == 404 and unknown.json()["error"]["field"] == "runId"
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "session_not_found"
+    # A frame of another run of the thread is refused, not quietly served as this run.
     other_run = post(_body(session, "run-never"), some_id)
-    assert other_run.status_code == 404 and other_run.json()["error"]["code"] == "run_not_found"
+    assert other_run.status_code == 409 and other_run.json()["error"]["code"] == "run_mismatch"
     garbage = post(_body(session, "run-a"), "12;drop")
     assert garbage.status_code == 400 and garbage.json()["error"]["field"] == "Last-Event-ID"
     beyond = post(_body(session, "run-a"), "999999")
     assert beyond.status_code == 404 and beyond.json()["error"]["code"] == "position_not_found"
-    # A frame of another run of the same thread is refused, not quietly served as this run.
-    second = httpx.post(f"{app_url}/api/agui", json=_body(session, "run-b"), headers=AUTH, timeout=30)
-    mismatch = post(_body(session, "run-b"), some_id)
-    assert second.status_code == 200 and mismatch.status_code == 409
-    assert mismatch.json()["error"]["code"] == "run_mismatch"
+    # Before the session's first turn, there is no turn to resume.
+    before = post(_body(session, "run-a"), "1")
+    assert before.status_code == 404 and before.json()["error"]["code"] == "position_not_found"
+
+
+def test_http_agent_follows_a_turn_started_by_use_chat(app_url: str) -> None:
+    """A turn started with POST /api/chat, followed by HttpAgent from zero frames of its first event
+    (`Last-Event-ID: <seq>.0`): its verifier accepts the whole run, and the messages equal the turn."""
+    session = unique("agui-follow")
+    create_session(app_url, session, AUTH, options={"deltas": 200, "delay_ms": 5})
+    body = orjson.dumps({"id": session, "messages": [{"id": "u1", "role": "user",
+                                                      "parts": [{"type": "text", "text": "from useChat"}]}]})
+    with SseStream(port_of(app_url), "/api/chat", AUTH, method="POST", body=body) as chat:
+        start = chat.read_until(lambda m: '"type":"start"' in m.data)
+        result, stderr = run_node("agui.mjs", config(url=app_url, token=TOKEN, threadId=session, runId="watching",
+                                                     message="(not sent: following)", lastEventId=f"{start.id}.0"))
+        chat.read_to_eof(30)
+    assert "error" not in result and "[ag-ui]" not in stderr, result
+    assert result["events"][0] == "RUN_STARTED" and result["outcome"] == "success"
+    turn = chat.headers["x-agentwire-turn"]
+    assert agui_parts(result["newMessages"]) == journal_parts(turn_events(app_url, session, turn, AUTH), turn)
+    # Following started nothing: the session has the one turn useChat started.
+    state = httpx.get(f"{app_url}/api/konsole/{session}/messages", headers=AUTH).json()
+    assert [m["turn"] for m in state["messages"] if m["kind"] == "message"] == [turn]
 
 
 def test_http_agent_reports_the_error_of_a_refused_run(app_url: str) -> None:

@@ -9,8 +9,11 @@ turn's message, and `runId` is recorded on the turn (`origin`), which makes it t
 
 returns the rest of that run (a resumed response does not repeat RUN_STARTED), and the same body
 without the header replays the run from its start: a runId starts one turn however often it is
-posted (agentwire's extension). `tools`, `context` and `forwardedProps` are accepted and not used:
-the agent brings its own tools and context. `state` is kept: every STATE_SNAPSHOT is that state
+posted. A `Last-Event-ID` in a turn started elsewhere (the dashboard, the AI SDK) follows that turn
+as this run; `<seq>.0` of its first event gets all of it (agentwire's extensions).
+
+`tools`, `context` and `forwardedProps` are accepted and not used: the agent brings its own tools
+and context. `state` is kept: every STATE_SNAPSHOT is that state
 with agentwire's keys `todos` and `agent` (the agent state) set.
 
     turn.queued / turn.started    RUN_STARTED (once, at the first of them)
@@ -226,26 +229,27 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
         console = console_of(request)
         thread = body.thread_id
         position = Position.parse(last_event_id)
-        run = await run_turn(console, thread, body.run_id)
-        if run is None and position is not None:
-            raise NotFound(f"no run {body.run_id!r} in thread {thread!r} to resume", code="run_not_found",
-                           field="runId")
-        if run is None:
-            turn = await console.submit(thread, user_text(body.messages), "main", "queue",
-                                        origin={"protocol": "ag-ui", "run_id": body.run_id})
-            assert turn.first_event is not None
-            turn_id, first_seq = turn.id, turn.first_event.seq
+        if position is None:
+            run = await run_turn(console, thread, body.run_id)
+            if run is None:
+                turn = await console.submit(thread, user_text(body.messages), "main", "queue",
+                                            origin={"protocol": "ag-ui", "run_id": body.run_id})
+                assert turn.first_event is not None
+                turn_id, first_seq = turn.id, turn.first_event.seq
+            else:  # a retried POST: the run is replayed, a runId starts one turn however often it is sent
+                turn_id, first_seq = run.id, run.started_seq
         else:
-            # A run this thread has: resumed after `Last-Event-ID`, or replayed whole for a client that
-            # retries its POST, so a runId starts one turn however often it is sent.
-            if position is not None:
-                at = await turn_at(console, thread, position)
-                if at.turn.id != run.id:
-                    raise Conflict(f"frame {last_event_id} belongs to another run than {body.run_id!r}",
-                                   code="run_mismatch", field="Last-Event-ID")
-                if at.complete:
-                    return Response(status_code=204)
-            turn_id, first_seq = run.id, run.started_seq
+            await console.session(thread)
+            at = await turn_at(console, thread, position)
+            # Resuming this run, or following a turn started elsewhere (the dashboard, the AI SDK); a
+            # frame of another AG-UI run is refused, not quietly served under this runId.
+            origin = at.turn.origin or {}
+            if origin.get("protocol") == "ag-ui" and origin.get("run_id") != body.run_id:
+                raise Conflict(f"frame {last_event_id} belongs to another run than {body.run_id!r}",
+                               code="run_mismatch", field="Last-Event-ID")
+            if at.complete:
+                return Response(status_code=204)
+            turn_id, first_seq = at.turn.id, at.turn.started_seq
         outbox = ViewOutbox(AguiRun(thread, body.run_id, body.state), "agui", console.hub.buffer_limit, position)
         return await turn_view(request, console, thread, turn_id, first_seq, outbox, {})
 

@@ -257,7 +257,7 @@ class ErrorOut(BaseModel):
 
 
 _WHY = {400: "A body that is not JSON, or a malformed Last-Event-ID", 401: "No or wrong token",
-        404: "No such session, run or position", 409: "The position belongs to another run",
+        404: "No such session, or a position outside its turns", 409: "The position belongs to another run",
         413: "Body or message too large", 422: "Invalid body, or no user message with text"}
 
 

@@ -2,13 +2,18 @@
 // every event against the protocol's schemas and verifies their order (verifyEvents) before it
 // builds messages and state. Prints what the client built as one JSON line.
 //
-//   node agui.mjs '{"url", "token", "threadId", "runId", "message", "state"?}'
+//   node agui.mjs '{"url", "token", "threadId", "runId", "message", "state"?, "lastEventId"?}'
+//
+// With lastEventId the request carries it as Last-Event-ID (agentwire's resume extension).
 import { HttpAgent } from "@ag-ui/client";
 
-const { url, token, threadId, runId, message, state } = JSON.parse(process.argv[2]);
+const { url, token, threadId, runId, message, state, lastEventId } = JSON.parse(process.argv[2]);
 const agent = new HttpAgent({
   url: `${url}/api/agui`,
-  headers: token ? { authorization: `Bearer ${token}` } : {},
+  headers: {
+    ...(token ? { authorization: `Bearer ${token}` } : {}),
+    ...(lastEventId ? { "last-event-id": lastEventId } : {}),
+  },
   threadId,
   initialMessages: [{ id: "user-1", role: "user", content: message }],
   initialState: state ?? {},
