@@ -77,6 +77,20 @@ def test_http_agent_builds_exactly_the_journal_turn(app_url: str) -> None:
         "id": card["id"], "title": card["title"], "status": card["status"], "tags": card["tags"], "session": session}
 
 
+def test_runs_on_one_agent_keep_their_own_messages(app_url: str) -> None:
+    """The scripted agent reuses its call ids every turn; AG-UI ids are the turn's, so the second run's
+    tool calls are its own and not folded into the first run's messages."""
+    session = unique("agui-twice")
+    create_session(app_url, session, AUTH, options={"deltas": 5, "delay_ms": 0})
+    result, _ = run_node("agui.mjs", config(url=app_url, token=TOKEN, threadId=session, runId="chat",
+                                            messages=["first question", "second question"]))
+    first, second = result["runs"]
+    for run, name in ((first, "chat-1"), (second, "chat-2")):
+        assert run["outcome"] == "success", run
+        turn = _turn_of(app_url, session, name)
+        assert agui_parts(run["newMessages"]) == journal_parts(turn_events(app_url, session, turn, AUTH), turn)
+
+
 def test_a_turn_started_over_ag_ui_is_the_session_stream_everywhere(app_url: str) -> None:
     """The frames' ids are the session's seqs, and the running turn is visible to the AI SDK view."""
     session = unique("agui-seen")
