@@ -31,9 +31,8 @@ from tests.support.sse import SseStream, parse_sse
 from tests.support.turns import create_session, follow_until, wait_for
 
 
-def _body(thread: str, run: str, message: str = "what changed today?", **extra: object) -> dict[str, object]:
-    return {"threadId": thread, "runId": run, "messages": [{"id": "u1", "role": "user", "content": message}],
-            **extra}
+def _body(thread: str, run: str, message: str = "what changed today?") -> dict[str, object]:
+    return {"threadId": thread, "runId": run, "messages": [{"id": "u1", "role": "user", "content": message}]}
 
 
 def _turn_of(url: str, session: str, run: str) -> str:
@@ -97,7 +96,7 @@ def test_a_turn_started_over_ag_ui_is_the_session_stream_everywhere(app_url: str
     create_session(app_url, session, AUTH, options={"deltas": 300, "delay_ms": 10})
     with SseStream(port_of(app_url), "/api/agui", AUTH, method="POST",
                    body=orjson.dumps(_body(session, "run-seen"))) as stream:
-        stream.read_until(lambda m: b"TEXT_MESSAGE_CONTENT" in m.data.encode())
+        stream.read_until(lambda m: "TEXT_MESSAGE_CONTENT" in m.data)
         # While it runs: useChat's resume finds it and rebuilds the whole message so far and on.
         chat, _ = run_node("aisdk.mjs", "resume", config(url=app_url, token=TOKEN, id=session))
         stream.read_to_eof(30)
