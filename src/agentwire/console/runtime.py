@@ -277,15 +277,17 @@ class Console:
                                  status=413, field="message")
         return message
 
-    async def submit(self, name: str, message: str, lane: Lane = "main", if_busy: str = "queue") -> Turn:
-        """Start (or queue) a turn; returns once its first event is stored (`turn.first_event`)."""
+    async def submit(self, name: str, message: str, lane: Lane = "main", if_busy: str = "queue",
+                     origin: JSON | None = None) -> Turn:
+        """Start (or queue) a turn; returns once its first event is stored (`turn.first_event`).
+        `origin`, if given, goes into `turn.queued`/`turn.started` as is."""
         self.check_message(message)
         if if_busy not in ("queue", "reject"):
             raise AgentwireError("if_busy must be 'queue' or 'reject'", code="bad_if_busy", status=422,
                                  field="if_busy")
         session = await self.session(name, create=True)
         lanes = self._lanes.setdefault(name, _Lanes())
-        turn = Turn(new_id("t"), name, lane, message)
+        turn = Turn(new_id("t"), name, lane, message, origin=origin)
         # The lease comes before the turn's first event, so no node ever sees an open turn unowned.
         await self._lease(turn.id)
         if lane == "quick":
@@ -308,7 +310,7 @@ class Console:
             await self.hub.journal.release("turn:" + turn.id, self.node)
             raise Conflict(f"session {name!r} is running turn {lanes.main.id}", code="turn_in_progress")
         turn.first_event = await self.hub.append(Append(
-            turn.stream, "turn.queued", {"message": message, "position": len(lanes.queue) + 1},
+            turn.stream, "turn.queued", {"message": message, "position": len(lanes.queue) + 1, **_origin(turn)},
             turn=turn.id, lane="main", doc=Doc("turn", turn.id, self._turn_doc(turn))))
         # Queued only once `turn.queued` is stored, so `turn.started` can never come before it.
         lanes.queue.append(turn)
@@ -322,7 +324,7 @@ class Console:
     async def _started(self, turn: Turn, session: JSON) -> Event:
         return await self.hub.append(Append(
             turn.stream, "turn.started",
-            {"message": turn.message, "provider": session["provider"], "model": session.get("model")},
+            {"message": turn.message, "provider": session["provider"], "model": session.get("model"), **_origin(turn)},
             turn=turn.id, lane=turn.lane, doc=Doc("turn", turn.id, self._turn_doc(turn))))
 
     def _spawn(self, lanes: _Lanes, turn: Turn, session: JSON | None) -> None:
@@ -438,6 +440,10 @@ class Console:
         turn = await self.submit(session, value, "main", "queue")
         assert turn.first_event is not None
         return {"id": turn.id, "session": session, "seq": turn.first_event.seq}
+
+
+def _origin(turn: Turn) -> JSON:
+    return {} if turn.origin is None else {"origin": turn.origin}
 
 
 def _turn_json(turn: Any) -> JSON:

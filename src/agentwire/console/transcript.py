@@ -27,6 +27,7 @@ class TurnSummary:
     model: str | None = None
     started_seq: int = 0
     error: str | None = None
+    origin: JSON | None = None  # who asked for the turn (a protocol view's run id), as submitted
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Transcript:
             summary = self.turns.get(turn)
             if summary is None:
                 summary = self.turns[turn] = TurnSummary(turn, lane, data.get("message", ""), "queued",
-                                                         started_seq=seq)
+                                                         started_seq=seq, origin=data.get("origin"))
                 self.entries.append({**base, "role": "user", "kind": "message", "text": summary.message})
             if kind == "turn.started":
                 summary.status = "running"

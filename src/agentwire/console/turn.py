@@ -30,6 +30,9 @@ class Turn:
     cancel_reason: str | None = None
     done: bool = False
     first_event: Event | None = field(default=None, repr=False)
+    # Who asked, recorded on the turn's first event (e.g. {"protocol": "ag-ui", "run_id": …}), so a
+    # protocol view can tell its own runs apart when a client resumes one.
+    origin: JSON | None = None
 
     @property
     def stream(self) -> str:
