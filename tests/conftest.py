@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from agentwire.config import Config
+from tests.support.protocols import served
 from tests.support.server import free_port, running_app
 from tests.support.sse import SseStream
 
@@ -70,3 +71,10 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
 def server(make_server: ServerFactory) -> Served:
     """A server with a short heartbeat, so tests that wait for pings wait little."""
     return make_server(heartbeat=0.2)
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server per module for the protocol views (AG-UI, AI SDK), with a token their clients send."""
+    with served(tmp_path_factory.mktemp("protocols")) as url:
+        yield url

@@ -27,7 +27,7 @@ JSON = dict[str, Any]
 JS_FOLD = """
     const { Transcript } = await import('./transcript.js');
     const view = (fold) => ({ seq: fold.seq, entries: fold.entries, todos: fold.todos, usage: fold.usage,
-                              state: fold.state, turns: [...fold.turns.values()] });
+                              state: fold.state, agent: fold.agent, turns: [...fold.turns.values()] });
     const live = new Transcript();
     for (const envelope of input.events) {
         live.apply(envelope);
@@ -81,7 +81,7 @@ def _python(events: list[JSON]) -> JSON:
         transcript.apply(event)
         transcript.apply(event)  # a duplicate: ignored
     view = {"seq": transcript.seq, "entries": transcript.entries, "todos": transcript.todos,
-            "usage": transcript.usage, "state": transcript.state,
+            "usage": transcript.usage, "state": transcript.state, "agent": transcript.agent,
             "turns": [vars(summary) for summary in transcript.turns.values()]}
     folded: JSON = orjson.loads(orjson.dumps(view))
     return folded
@@ -94,11 +94,11 @@ def _without_todo_cards(view: JSON) -> JSON:
 
 def _reloadable(view: JSON) -> JSON:
     """What a reload from `/messages` can know: not the seq of the `todo.updated` behind a todo card
-    (the view does not use it), nor a turn's provider and model (the next events bring them)."""
+    (the view does not use it), nor a turn's provider, model and origin (the next events bring them)."""
     entries = [{k: v for k, v in entry.items() if not (entry["kind"] == "todos" and k == "seq")}
                for entry in view["entries"]]
-    turns = [{k: v for k, v in turn.items() if k not in ("provider", "model")} for turn in view["turns"]]
-    return {"entries": entries, "turns": turns, "todos": view["todos"], "usage": view["usage"]}
+    turns = [{k: v for k, v in turn.items() if k not in ("provider", "model", "origin")} for turn in view["turns"]]
+    return {"entries": entries, "turns": turns, "todos": view["todos"], "usage": view["usage"], "agent": view["agent"]}
 
 
 def test_the_dashboard_and_python_fold_recorded_turns_alike(server: Served) -> None:
@@ -147,20 +147,24 @@ TODOS = [{"content": "Read", "status": "completed", "activeForm": "Reading"},
 # not seen, a block that comes only as its `*.done`, costs, Claude Code's `TodoWrite`, a turn ended
 # before it was seen to start. (kind, data, turn, lane); seqs follow the order.
 ODD_SPEC: list[tuple[str, JSON, str, str]] = [
-    ("turn.queued", {"message": "first"}, "t1", "main"),
+    ("agent.info", {"provider": "claude", "session_id": "s-1"}, "", "main"),
+    ("turn.queued", {"message": "first", "origin": {"view": "agui", "run": "r1"}}, "t1", "main"),
     ("turn.started", {"message": "first"}, "t1", "main"),
     ("text.done", {"block": 2, "text": "whole, no deltas"}, "t1", "main"),
     ("tool.result", {"call_id": 7, "output": {"rows": 2}, "is_error": True}, "t1", "main"),
     ("tool.call", {"call_id": "c8", "name": "bash"}, "t1", "main"),
+    ("tool.call", {"call_id": "c8a", "name": "Read", "input": {"path": "x"}, "parent_call_id": "c8"}, "t1", "main"),
     ("thinking.delta", {"text": "no block number"}, "t1", "main"),
     ("tool.call", {"call_id": "c9", "name": "TodoWrite", "input": {"todos": TODOS}}, "t1", "main"),
     ("todo.updated", {"todos": TODOS}, "t1", "main"),
     ("tool.result", {"call_id": "c9", "output": "ok", "duration_ms": 3.5}, "t1", "main"),
-    ("state", {"agent_state": "running_tool", "outstanding_llm_calls": 1, "extra": True}, "t1", "main"),
+    ("state", {"agent_state": "running_tool", "outstanding_llm_calls": 1, "retry_in_ms": 900, "extra": True},
+     "t1", "main"),
     ("turn.completed", {"usage": {"input_tokens": 5, "output_tokens": 7, "cost_usd": 0.0123},
                         "stop_reason": "end_turn"}, "t1", "main"),
     ("turn.started", {"message": "second", "provider": "claude", "model": "opus"}, "t2", "main"),
-    ("turn.failed", {"error": "boom", "usage": {"output_tokens": 1, "cost_usd": 0.004}}, "t2", "main"),
+    ("turn.failed", {"error": "boom", "usage": {"output_tokens": 1, "cost_usd": 0.004},
+                     "permission_denials": [{"tool_name": "Bash"}]}, "t2", "main"),
     ("turn.cancelled", {"reason": "never seen starting"}, "t3", "quick"),
     ("text.delta", {"block": 0, "text": "late"}, "t9", "main"),
 ]
@@ -170,8 +174,9 @@ ODD = [{"seq": seq, "stream": "konsole/s", "type": kind, "ts": 1_700_000_000_000
 
 def test_the_dashboard_and_python_fold_odd_streams_alike() -> None:
     python = _python(ODD)
-    js = run_module(JS_FOLD, {"events": ODD, "snapshot": {"seq": python["seq"], "messages": python["entries"],
-                                                          "todos": python["todos"]}})
+    snapshot = {"seq": python["seq"], "messages": python["entries"], "todos": python["todos"], "agent": python["agent"]}
+    js = run_module(JS_FOLD, {"events": ODD, "snapshot": snapshot})
     assert python["usage"] == {"input_tokens": 5, "output_tokens": 8, "cost_usd": 0.0163}
+    assert python["turns"][0]["origin"] == {"view": "agui", "run": "r1"} and python["agent"]["provider"] == "claude"
     assert _without_todo_cards(js["live"]) == python
     assert _reloadable(js["reloaded"]) == _reloadable(js["live"])

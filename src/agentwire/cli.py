@@ -36,6 +36,10 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--model", default=None, help="default model")
     serve.add_argument("--cli-command", default=None,
                        help="default command of the cli provider (AGENTWIRE_CLI_COMMAND), shell-quoted")
+    serve.add_argument("--claude-bin", default=None,
+                       help="the Claude Code CLI of the claude provider (default: the one claude-agent-sdk bundles)")
+    serve.add_argument("--agent-ttl", type=float, default=None,
+                       help="seconds an idle agent process (claude provider, warm quick workers) is kept")
     serve.add_argument("--buffer-limit", type=int, default=None,
                        help="bytes a subscriber may fall behind before it is disconnected")
     serve.add_argument("--lease-seconds", type=float, default=None)

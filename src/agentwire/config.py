@@ -6,6 +6,7 @@ import ipaddress
 import os
 import secrets
 import shlex
+import shutil
 from dataclasses import MISSING, dataclass, field
 
 
@@ -33,6 +34,8 @@ class Config:
     cli_command: list[str] = field(default_factory=lambda: ["claude", "-p", "--output-format", "stream-json",
                                                             "--include-partial-messages", "--verbose"])
     quick_pool: int = 2  # warm workers kept for quick turns
+    claude_bin: str | None = None  # the `claude` provider's CLI; None: the one claude-agent-sdk bundles
+    agent_ttl: float = 900.0  # seconds an idle live agent process (and a warm quick worker) is kept
     lease_seconds: float = 10.0  # turn ownership lease (shared journals)
     log_level: str = "info"
 
@@ -47,6 +50,10 @@ class Config:
             raise ConfigError("--retention must be 0 (keep all) or a positive number of events")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.agent_ttl <= 0:
+            raise ConfigError("--agent-ttl must be a positive number of seconds")
+        if self.claude_bin is not None and shutil.which(self.claude_bin) is None:
+            raise ConfigError(f"--claude-bin: no program {self.claude_bin!r} (a path, or a name on PATH)")
         # Checked here, so `agentwire serve` says so in one line instead of a traceback from the app.
         if self.journal.split("://", 1)[0] not in ("memory", "sqlite", "redis") or "://" not in self.journal:
             raise ConfigError(f"unknown journal URL {self.journal!r}: use memory://, sqlite:///path or "
@@ -107,6 +114,7 @@ ENV = {
     "retention": "AGENTWIRE_RETENTION", "workers": "AGENTWIRE_WORKERS", "provider": "AGENTWIRE_PROVIDER",
     "model": "AGENTWIRE_MODEL", "cli_command": "AGENTWIRE_CLI_COMMAND", "log_level": "AGENTWIRE_LOG_LEVEL",
     "lease_seconds": "AGENTWIRE_LEASE_SECONDS", "buffer_limit": "AGENTWIRE_BUFFER_LIMIT",
+    "claude_bin": "AGENTWIRE_CLAUDE_BIN", "agent_ttl": "AGENTWIRE_AGENT_TTL",
 }
 
 

@@ -132,14 +132,15 @@ class EventStreamResponse(Response):
 async def stream_response(request: Request, hub: Hub, stream: str, *, heartbeat: float, retry_ms: int,
                           default_at_head: bool = False, after: int | None = None,
                           only: EventTest | None = None, until: EventTest | None = None,
-                          replay: Replay | None = None) -> EventStreamResponse:
+                          replay: Replay | None = None, outbox: Outbox | None = None) -> EventStreamResponse:
     """Subscribe `stream` at the position the request asks for (§3 resume rules) and stream it.
 
-    `after` overrides the request's position (a turn's own POST response starts at its first event).
+    `after` overrides the request's position (a turn's own POST response starts at its first event);
+    `outbox` frames the events another way (a protocol view) instead of as agentwire's own SSE.
     """
     if after is None:
         after = requested_after(request.headers.get("last-event-id"), request.query_params.get("from"))
-    outbox = SseOutbox(hub.buffer_limit)
+    outbox = outbox or SseOutbox(hub.buffer_limit)
     hub.register(outbox)
     try:
         subscription = await hub.subscribe(stream, outbox, after, default_at_head=default_at_head,

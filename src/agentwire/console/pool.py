@@ -22,13 +22,16 @@ class WarmPool:
     """Keeps up to `size` idle, warmed providers per (provider, model, options).
 
     A worker serves one quick turn and is then closed: a quick turn has its own context, so nothing
-    of one may leak into the next. The pool refills in the background after each acquire.
+    of one may leak into the next. The pool refills in the background after each acquire. A worker
+    idle for `ttl` seconds is closed (a warm agent process holds memory; the next acquire refills).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, ttl: float | None = None) -> None:
         self.size = size
+        self.ttl = ttl
         self._idle: dict[str, list[Provider]] = {}
         self._filling: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def acquire(self, provider: str, model: str | None, options: JSON) -> Provider:
         key = _key(provider, model, options)
@@ -61,8 +64,19 @@ class WarmPool:
                     log.warning("could not warm a %s worker", provider, exc_info=True)
                     return
                 idle.append(worker)
+                if self.ttl is not None:
+                    asyncio.get_running_loop().call_later(self.ttl, self._expire, idle, worker)
 
-        task = asyncio.create_task(fill())
+        self._track(asyncio.create_task(fill()))
+
+    def _expire(self, idle: list[Provider], worker: Provider) -> None:
+        if worker in idle:
+            idle.remove(worker)
+            task = asyncio.create_task(_close(worker))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._filling.add(task)
         task.add_done_callback(self._filling.discard)
 
@@ -71,11 +85,18 @@ class WarmPool:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        workers = []
         for idle in self._idle.values():
-            for worker in idle:
-                with contextlib.suppress(Exception):
-                    await worker.close()
-        self._idle.clear()
+            workers += idle
+            idle.clear()
+        await asyncio.gather(*(_close(worker) for worker in workers), *tuple(self._closing))
+
+
+async def _close(worker: Provider) -> None:
+    try:
+        await worker.close()
+    except Exception:
+        log.warning("could not close a %s worker", worker.name, exc_info=True)
 
 
 async def _warm(worker: Provider) -> None:

@@ -16,12 +16,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentwire.config import Config
+from agentwire.console.agents import LiveAgents
 from agentwire.console.pool import WarmPool
 from agentwire.console.tools import Tools
 from agentwire.console.transcript import Transcript
 from agentwire.console.turn import Turn, TurnRunner
 from agentwire.hub import Hub
-from agentwire.providers import ProviderError, check_provider, make_provider
+from agentwire.providers import Provider, ProviderError, check_provider, make_provider
 from agentwire.tasks import Board, iso_now
 from agentwire.types import JSON, KONSOLE_PREFIX, AgentwireError, Append, Conflict, Doc, Event, NotFound
 
@@ -97,7 +98,8 @@ class Console:
         self.board = board
         self.config = config
         self.tools = Tools(board)
-        self.pool = WarmPool(config.quick_pool)
+        self.pool = WarmPool(config.quick_pool, ttl=config.agent_ttl)
+        self.agents = LiveAgents(config.agent_ttl)
         self.node = new_id("node")
         self._lanes: dict[str, _Lanes] = {}
         self._views: dict[str, Transcript] = {}
@@ -112,6 +114,7 @@ class Console:
     async def start(self) -> None:
         await self.recover_interrupted()
         self._keeper = asyncio.create_task(self._keep_leases(), name="turn leases")
+        self.agents.start()
 
     async def close(self) -> None:
         """Server shutdown: running turns end as interrupted (their events still reach the journal)."""
@@ -127,7 +130,7 @@ class Console:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 2)
-        await self.pool.close()
+        await asyncio.gather(self.pool.close(), self.agents.close())
 
     async def recover_interrupted(self) -> None:
         """Turns whose owner is gone are marked failed, so no viewer waits forever.
@@ -201,8 +204,14 @@ class Console:
         await self.hub.append(Append(KONSOLE_PREFIX + name, "session.created", {"session": session},
                                      doc=Doc("session", name, session)))
         if self.config.quick_pool:
-            self.pool.prewarm(provider, session["model"], options)
+            self.pool.prewarm(provider, session["model"], self._options(session))
         return session
+
+    def _options(self, session: JSON) -> JSON:
+        """What a session's provider is made with: its options, plus what the server decides for
+        that provider (not stored with the session: a restart with other flags applies to it)."""
+        server: JSON = {"claude": {"claude_bin": self.config.claude_bin}}.get(session["provider"], {})
+        return {**session["options"], **{k: v for k, v in server.items() if v is not None}}
 
     async def session(self, name: str, *, create: bool = False) -> JSON:
         check_session_name(name)
@@ -268,15 +277,17 @@ class Console:
                                  status=413, field="message")
         return message
 
-    async def submit(self, name: str, message: str, lane: Lane = "main", if_busy: str = "queue") -> Turn:
-        """Start (or queue) a turn; returns once its first event is stored (`turn.first_event`)."""
+    async def submit(self, name: str, message: str, lane: Lane = "main", if_busy: str = "queue",
+                     origin: JSON | None = None) -> Turn:
+        """Start (or queue) a turn; returns once its first event is stored (`turn.first_event`).
+        `origin`, if given, goes into `turn.queued`/`turn.started` as is."""
         self.check_message(message)
         if if_busy not in ("queue", "reject"):
             raise AgentwireError("if_busy must be 'queue' or 'reject'", code="bad_if_busy", status=422,
                                  field="if_busy")
         session = await self.session(name, create=True)
         lanes = self._lanes.setdefault(name, _Lanes())
-        turn = Turn(new_id("t"), name, lane, message)
+        turn = Turn(new_id("t"), name, lane, message, origin=origin)
         # The lease comes before the turn's first event, so no node ever sees an open turn unowned.
         await self._lease(turn.id)
         if lane == "quick":
@@ -299,7 +310,7 @@ class Console:
             await self.hub.journal.release("turn:" + turn.id, self.node)
             raise Conflict(f"session {name!r} is running turn {lanes.main.id}", code="turn_in_progress")
         turn.first_event = await self.hub.append(Append(
-            turn.stream, "turn.queued", {"message": message, "position": len(lanes.queue) + 1},
+            turn.stream, "turn.queued", {"message": message, "position": len(lanes.queue) + 1, **_origin(turn)},
             turn=turn.id, lane="main", doc=Doc("turn", turn.id, self._turn_doc(turn))))
         # Queued only once `turn.queued` is stored, so `turn.started` can never come before it.
         lanes.queue.append(turn)
@@ -313,7 +324,7 @@ class Console:
     async def _started(self, turn: Turn, session: JSON) -> Event:
         return await self.hub.append(Append(
             turn.stream, "turn.started",
-            {"message": turn.message, "provider": session["provider"], "model": session.get("model")},
+            {"message": turn.message, "provider": session["provider"], "model": session.get("model"), **_origin(turn)},
             turn=turn.id, lane=turn.lane, doc=Doc("turn", turn.id, self._turn_doc(turn))))
 
     def _spawn(self, lanes: _Lanes, turn: Turn, session: JSON | None) -> None:
@@ -333,7 +344,9 @@ class Console:
         """Run a turn to its terminal event. `session` None: a queued turn, announced here."""
         lanes = self._lanes[turn.session]
         runner: TurnRunner | None = None
-        provider = None
+        provider: Provider | None = None
+        live = False  # a session's live provider, lent by `self.agents`
+        crashed = False
         try:
             if session is None:
                 session = await self.session(turn.session)
@@ -342,11 +355,15 @@ class Console:
             # Read per turn, not cached: the last turn may have run on another node, or before a restart.
             resume = await self.hub.journal.get_doc("agent", turn.session) if turn.lane == "main" else None
             runner = TurnRunner(self, turn, session, view.history(turn.lane, before_turn=turn.id), self.tools.specs,
-                                resume)
+                                resume, view.lane_todos.get("main", []) if turn.lane == "main" else [])
+            name, model, options = session["provider"], session.get("model"), self._options(session)
             if turn.lane == "quick":
-                provider = await self.pool.acquire(session["provider"], session.get("model"), session["options"])
+                provider = await self.pool.acquire(name, model, options)
+            elif check_provider(name).live:
+                provider = self.agents.take(turn.session, lambda: make_provider(name, model, options))
+                live = True
             else:
-                provider = make_provider(session["provider"], session.get("model"), session["options"])
+                provider = make_provider(name, model, options)
             if provider_model := getattr(provider, "model", None):
                 runner.model = runner.model or str(provider_model)
             await provider.run(runner)
@@ -363,6 +380,7 @@ class Console:
             await self._fail(turn, runner, str(exc))
         except Exception as exc:
             log.exception("turn %s crashed", turn.id)
+            crashed = True
             await self._fail(turn, runner, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             turn.done = True
@@ -370,7 +388,11 @@ class Console:
             lanes.tasks.pop(turn.id, None)
             with contextlib.suppress(AgentwireError):
                 await self.hub.journal.release("turn:" + turn.id, self.node)
-            if provider is not None:
+            if provider is not None and live and not crashed:
+                self.agents.give_back(turn.session, provider)
+            elif provider is not None and live:
+                await self.agents.drop(turn.session, provider)
+            elif provider is not None:
                 with contextlib.suppress(Exception):
                     await provider.close()
             if lanes.main is turn:
@@ -418,6 +440,10 @@ class Console:
         turn = await self.submit(session, value, "main", "queue")
         assert turn.first_event is not None
         return {"id": turn.id, "session": session, "seq": turn.first_event.seq}
+
+
+def _origin(turn: Turn) -> JSON:
+    return {} if turn.origin is None else {"origin": turn.origin}
 
 
 def _turn_json(turn: Any) -> JSON:

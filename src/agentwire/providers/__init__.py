@@ -9,6 +9,7 @@ subprocess). A failure the user should read is raised as `ProviderError(message)
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -83,6 +84,12 @@ class TurnIO(Protocol):
     # lane, which has a context of its own, and before the session's first `remember`.
     resume: JSON
     cwd: str  # the directory an agent that runs tools works in (session option `cwd`, else the server's)
+    # The todo list as this lane last set it (items `{content, status, activeForm, id?}`), read from the
+    # journal: an agent that edits its list item by item (Claude Code's TaskUpdate) starts from it.
+    # [] on the quick lane, whose context is its own.
+    todo_list: list[JSON]
+    # Fields the provider adds to its turn's terminal event (e.g. `permission_denials`).
+    finish_data: JSON
 
     async def thinking(self, block: int, text: str) -> None: ...
 
@@ -92,8 +99,10 @@ class TurnIO(Protocol):
 
     async def text_done(self, block: int, text: str) -> None: ...
 
-    async def tool_call(self, call_id: str, name: str, input: JSON) -> None:
-        """A tool the agent runs itself (a CLI agent's own tools): shown, not executed here."""
+    async def tool_call(self, call_id: str, name: str, input: JSON, parent_call_id: str | None = None) -> None:
+        """A tool the agent runs itself (a CLI agent's own tools): shown, not executed here.
+        `parent_call_id`: the call this one was made under (a subagent's tool, under its Task/Agent
+        call); its `tool.call` and `tool.result` carry it."""
         ...
 
     async def tool_result(self, call_id: str, output: str, is_error: bool = False,
@@ -104,7 +113,7 @@ class TurnIO(Protocol):
         ...
 
     async def todos(self, todos: list[JSON]) -> None:
-        """`todo.updated` (a CLI agent's TodoWrite, which it ran itself)."""
+        """`todo.updated`: the whole list (a CLI agent's todo tool, which it ran itself)."""
         ...
 
     def llm_call(self) -> AbstractAsyncContextManager[None]:
@@ -135,11 +144,19 @@ class ProviderInfo:
     target: str  # "module:Class"
     key_env: str | None  # the SDK's usual environment variable for its key
     default_model: str
+    # Keeps its agent process between turns: the console hands one instance every main turn of a
+    # session (`console/agents.py`) and closes it after an idle time; it resumes from `io.resume`
+    # whenever its process is new.
+    live: bool = False
+    requires: str | None = None  # the Python package it needs (an optional extra of agentwire)
 
 
 PROVIDERS: dict[str, ProviderInfo] = {
     "scripted": ProviderInfo("agentwire.providers.scripted:ScriptedProvider", None, "scripted-1"),
     "cli": ProviderInfo("agentwire.providers.cli_agent:CliProvider", None, "cli"),
+    # No key check: Claude Code may be logged in to an account instead of using ANTHROPIC_API_KEY.
+    "claude": ProviderInfo("agentwire.providers.claude:ClaudeProvider", None, "default", live=True,
+                           requires="claude_agent_sdk"),
     "anthropic": ProviderInfo("agentwire.providers.anthropic:AnthropicProvider", "ANTHROPIC_API_KEY",
                               "claude-sonnet-4-6"),
     "openai": ProviderInfo("agentwire.providers.openai:OpenAIProvider", "OPENAI_API_KEY", "gpt-4.1-mini"),
@@ -154,6 +171,11 @@ def check_provider(name: str) -> ProviderInfo:
         raise AgentwireError(
             f"unknown provider {name!r}; choose one of {', '.join(sorted(PROVIDERS))}",
             code="unknown_provider", status=422, field="provider",
+        )
+    if info.requires is not None and importlib.util.find_spec(info.requires) is None:
+        raise AgentwireError(
+            f"provider {name!r} needs the Python package {info.requires.replace('_', '-')}: "
+            f"pip install 'agentwire[{name}]'", code="provider_unavailable", status=422, field="provider",
         )
     if info.key_env is not None and not _key_present(name, info.key_env):
         raise AgentwireError(

@@ -15,6 +15,7 @@ const els = {
   views: { console: $('#view-console'), board: $('#view-board') },
   sessions: $('#session-list'), newSessionButton: $('#new-session-btn'), newSession: $('#new-session'),
   sessionsToggle: $('#sessions-toggle'), sessionName: $('#session-name'), sessionModel: $('#session-model'),
+  sessionAgent: $('#session-agent'),
   agentState: $('#agent-state'), composer: $('#composer'), input: $('#input'), send: $('#send'),
   cancel: $('#cancel'), quickForm: $('#quick-form'), quickInput: $('#quick-input'), quickSend: $('#quick-send'),
   toasts: $('#toasts'),
@@ -139,6 +140,8 @@ function updateHeader() {
   els.sessionName.textContent = name;
   els.sessionModel.textContent = [info.provider || (running && running.provider), info.model || (running && running.model)]
     .filter(Boolean).join(' · ');
+  els.sessionAgent.textContent = consoleView.agentLine;
+  els.sessionAgent.title = consoleView.fold.agent.resume_id ? `session ${consoleView.fold.agent.resume_id}` : '';
   const state = consoleView.fold.state.agent_state || 'idle';
   els.agentState.textContent = consoleView.agentState;
   els.agentState.dataset.state = state;

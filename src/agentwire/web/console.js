@@ -10,8 +10,9 @@ import { Transcript } from './transcript.js';
 
 const STATE_LABELS = {
   idle: 'idle', starting: 'starting', waiting_for_model: 'waiting for model', thinking: 'thinking',
-  writing: 'writing', running_tool: 'running tool', working: 'working',
+  writing: 'writing', running_tool: 'running tool', working: 'working', rate_limited: 'rate limited',
 };
+const AGENT_NAMES = { 'claude-code': 'Claude Code' };
 
 export class ConsoleView extends EventTarget {
   constructor({ net, lanes, onToast, metrics }) {
@@ -135,7 +136,18 @@ export class ConsoleView extends EventTarget {
     const state = this.fold.state || {};
     const label = STATE_LABELS[state.agent_state] || state.agent_state || 'idle';
     const tools = (state.outstanding_tool_calls || []).map((t) => t.name).filter(Boolean);
+    if (state.agent_state === 'rate_limited' && typeof state.retry_in_ms === 'number') {
+      return `${label}, retrying in ${(state.retry_in_ms / 1000).toFixed(1)} s`;
+    }
     return tools.length && state.agent_state === 'running_tool' ? `running ${tools.join(', ')}` : label;
+  }
+
+  // What runs the session's turns, from its latest agent.info: "Claude Code 2.1.3 · model · cwd".
+  get agentLine() {
+    const agent = this.fold.agent || {};
+    if (!agent.name) return '';
+    const name = [AGENT_NAMES[agent.name] || agent.name, agent.version].filter(Boolean).join(' ');
+    return [name, agent.model, agent.cwd].filter(Boolean).join(' · ');
   }
 
   // rendering
@@ -172,7 +184,7 @@ export class ConsoleView extends EventTarget {
       turn.body.append(el);
     } else if (entry.kind === 'tool') {
       el = h('details', { class: 'tool' });
-      turn.body.append(el);
+      this.toolParent(entry, turn).append(el);
     } else if (entry.kind === 'todos') {
       el = h('div', { class: 'todos', role: 'group', 'aria-label': 'Progress' });
       turn.body.append(el);
@@ -184,6 +196,19 @@ export class ConsoleView extends EventTarget {
     const view = { el };
     this.views.set(entry, view);
     this.paint(entry, view, live ? undefined : null);
+  }
+
+  // A subagent's call goes under the call that started the subagent (its Task/Agent card), in a box
+  // after that card, so that repainting the card keeps it.
+  toolParent(entry, turn) {
+    const parent = entry.parent_call_id && this.fold.tools.get(String(entry.parent_call_id));
+    const view = parent && this.views.get(parent);
+    if (!view) return turn.body;
+    if (!view.children) {
+      view.children = h('div', { class: 'tool-children', 'data-parent': entry.parent_call_id });
+      view.el.after(view.children);
+    }
+    return view.children;
   }
 
   updated(entry, delta) {
@@ -358,5 +383,9 @@ function paintEnd(el, entry) {
   if (usage.output_tokens) extra.push(h('span', { class: 't-tokens' }, `${usage.input_tokens || 0} in / ${usage.output_tokens} out tokens`));
   const status = kind === 'completed' ? null
     : h('div', { class: 'end-status' }, kind === 'failed' ? `✗ Failed: ${entry.error || 'error'}` : `⊘ Cancelled: ${entry.reason || 'cancelled'}`);
-  clear(el).append(status || '', entry.timing ? timingView(entry.timing, extra) : '');
+  const denied = (entry.permission_denials || []).map((d) => h('li', {},
+    h('span', { class: 'tool-name' }, d.tool || 'tool'), ' ', h('span', { class: 'tool-brief' }, brief(d.input))));
+  const denials = denied.length
+    ? h('div', { class: 'end-denials' }, h('div', { class: 'label' }, 'Not permitted'), h('ul', {}, denied)) : null;
+  clear(el).append(status || '', denials || '', entry.timing ? timingView(entry.timing, extra) : '');
 }

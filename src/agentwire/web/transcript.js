@@ -12,6 +12,8 @@ const BLOCK_KINDS = {
 // The tools whose input is the turn's todo list: the built-in one, and Claude Code's.
 const TODO_TOOLS = new Set(['todo_write', 'TodoWrite']);
 const IDLE = { agent_state: 'idle', outstanding_llm_calls: 0, outstanding_tool_calls: [] };
+const STATE_FIELDS = ['agent_state', 'outstanding_llm_calls', 'outstanding_tool_calls', 'retry_in_ms'];
+const END_FIELDS = ['stop_reason', 'usage', 'timing', 'error', 'reason', 'permission_denials'];
 
 export class Transcript {
   constructor() {
@@ -24,6 +26,7 @@ export class Transcript {
     this.blocks = new Map();
     this.tools = new Map();
     this.todoEntries = new Map();
+    this.agent = {}; // the latest agent.info: what runs this session's turns (shown in the header)
   }
 
   // Apply one envelope; returns {entry, added, delta} for the view, or null if nothing to show.
@@ -48,7 +51,7 @@ export class Transcript {
       if (!summary) {
         summary = {
           id: turn, lane, message: data.message || '', status: 'queued', provider: null, model: null,
-          started_seq: seq, error: null,
+          started_seq: seq, error: null, origin: data.origin ?? null,
         };
         this.turns.set(turn, summary);
         const entry = { ...base, role: 'user', kind: 'message', text: summary.message };
@@ -89,6 +92,7 @@ export class Transcript {
         ...base, role: 'assistant', kind: 'tool', call_id: data.call_id ?? null, name: data.name ?? null,
         input: data.input ?? null, output: null, is_error: false, duration_ms: null, done: false,
       };
+      if (data.parent_call_id) entry.parent_call_id = data.parent_call_id;
       this.tools.set(String(data.call_id), entry);
       this.entries.push(entry);
       return { entry, added: true };
@@ -122,7 +126,11 @@ export class Transcript {
       return { entry, added };
     }
     if (kind === 'state') {
-      this.state = { ...pick(data, ['agent_state', 'outstanding_llm_calls', 'outstanding_tool_calls']), turn, lane };
+      this.state = { ...pick(data, STATE_FIELDS), turn, lane };
+      return { stateChanged: true };
+    }
+    if (kind === 'agent.info') {
+      this.agent = { ...data };
       return { stateChanged: true };
     }
     if (TERMINAL.has(kind)) {
@@ -132,7 +140,7 @@ export class Transcript {
         summary.error = data.error || data.reason || null;
       }
       this.addUsage(data.usage);
-      const entry = { ...base, role: 'system', kind, ...pick(data, ['stop_reason', 'usage', 'timing', 'error', 'reason']) };
+      const entry = { ...base, role: 'system', kind, ...pick(data, END_FIELDS) };
       this.entries.push(entry);
       if (![...this.turns.values()].some((t) => t.status === 'running' || t.status === 'queued')) {
         this.state = { ...IDLE };
@@ -148,6 +156,7 @@ export class Transcript {
     const fold = new Transcript();
     fold.seq = snapshot.seq || 0;
     fold.todos = snapshot.todos || [];
+    fold.agent = snapshot.agent || {};
     const lastTodos = new Map();
     for (const entry of snapshot.messages || []) {
       if (entry.kind === 'tool' && TODO_TOOLS.has(entry.name) && entry.input && Array.isArray(entry.input.todos)) {
@@ -158,10 +167,10 @@ export class Transcript {
       const copy = { ...entry };
       fold.entries.push(copy);
       if (copy.kind === 'message') {
-        // What the entries cannot tell (a queued turn, provider and model) waits for the next events.
+        // What the entries cannot tell (a queued turn, provider, model, origin) waits for the next events.
         fold.turns.set(copy.turn, {
           id: copy.turn, lane: copy.lane, message: copy.text, status: 'running', provider: null, model: null,
-          started_seq: copy.seq, error: null,
+          started_seq: copy.seq, error: null, origin: null,
         });
       } else if (TERMINAL.has(copy.kind)) {
         const summary = fold.turns.get(copy.turn);
