@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,20 +16,18 @@ from unittest import mock
 import httpx
 import orjson
 import pytest
-import uvicorn
 from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
 from agentwire import client as client_module
-from agentwire.app import create_app
 from agentwire.client import Client, WsClient, ws_url
 from agentwire.config import Config
 from agentwire.console.transcript import TERMINAL
 from tests.conftest import TOKEN, Served, ServerFactory
 from tests.support.proxy import TcpProxy
-from tests.support.server import _ThreadServer, free_port, wait_healthy
+from tests.support.server import free_port, served_in_thread
 from tests.support.turns import create_session, run_turn, wait_for
 
 JSON = dict[str, Any]
@@ -353,23 +350,8 @@ def test_auth_as_for_sse(make_server: ServerFactory) -> None:
 def _served_app(**overrides: Any) -> Iterator[tuple[Served, Any, asyncio.AbstractEventLoop]]:
     """As `running_app`, but the test gets the app and its loop (to close the hub by hand)."""
     config = Config(**{"port": free_port(), "journal": "memory://", "no_auth": True, **overrides})
-    app = create_app(config)
-    server = _ThreadServer(uvicorn.Config(app, host="127.0.0.1", port=config.port, loop="asyncio",
-                                          http="httptools", ws="websockets-sansio", log_level="warning",
-                                          timeout_graceful_shutdown=1))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
-    try:
-        wait_healthy(url)
-        with httpx.Client(base_url=url, timeout=30) as http:
-            yield Served(url, config, http), app, loop
-    finally:
-        loop.call_soon_threadsafe(app.state.ctx.hub.close)
-        server.should_exit = True
-        thread.join(10)
-        loop.close()
+    with served_in_thread(config) as served, httpx.Client(base_url=served.url, timeout=30) as http:
+        yield Served(served.url, config, http), served.app, served.loop
 
 
 def test_hub_close_closes_every_socket_with_1012() -> None:

@@ -19,10 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentwire import tasks, ws
 from agentwire.auth import TokenAuth
+from agentwire.body import RequestBody
 from agentwire.config import Config
 from agentwire.console import Console
 from agentwire.console import api as console_api
@@ -30,7 +30,7 @@ from agentwire.hub import Hub
 from agentwire.journal import Journal, open_journal
 from agentwire.metrics import Metrics
 from agentwire.sse import stream_response
-from agentwire.types import TASKS_STREAM, AgentwireError
+from agentwire.types import TASKS_STREAM, AgentwireError, ValidationFailed
 
 log = logging.getLogger("agentwire")
 
@@ -52,57 +52,6 @@ def ctx(request: Request) -> Context:
     return context
 
 
-class BodyTooLarge(AgentwireError):
-    status = 413
-    code = "body_too_large"
-
-
-class BodyLimit:
-    """Refuse request bodies over the limit with 413, by Content-Length or by counting what arrives."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                response = JSONResponse(BodyTooLarge(f"request body over {self.limit} bytes").body(), 413)
-                await response(scope, receive, send)
-                return
-        # No Content-Length (chunked): read the body here, up to the limit, and hand it on whole. An
-        # error raised from inside `receive` would reach the route as "could not parse the body"
-        # (400), not as the 413 it is.
-        chunks: list[bytes] = []
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                response = JSONResponse(BodyTooLarge(f"request body over {self.limit} bytes").body(), 413)
-                await response(scope, receive, send)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return message
-            return await receive()  # after the body: the disconnect, as the route expects
-
-        await self.app(scope, replay, send)
-
-
 def _end_streams_on_signal(hub: Hub) -> None:
     """uvicorn waits for open responses before it stops, and an event stream never ends by itself:
     on SIGTERM/SIGINT end every stream first, then let uvicorn's own handler run (chained, so this
@@ -122,11 +71,6 @@ def _end_streams_on_signal(hub: Hub) -> None:
         signal.signal(sig, handler)
 
 
-def _field_name(location: tuple[object, ...]) -> str:
-    parts = [str(part) for part in location if part not in ("body",)]
-    return ".".join(parts) or "body"
-
-
 def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
     journal = journal or open_journal(config.journal, retention=config.retention)
     metrics = Metrics()
@@ -143,8 +87,11 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # Streams end first (clients resume elsewhere), then turns record their end, then the
+            # hub's own tasks are awaited, and the journal stores what is queued and closes.
             hub.close()
             await console.close()
+            await hub.aclose()
             await journal.close()
 
     app = FastAPI(title="agentwire", version="1", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
@@ -156,14 +103,8 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-        # Malformed JSON is located at ("body", <offset>): the field is the body, not "0".
-        field = "body" if first.get("type") == "json_invalid" else _field_name(tuple(first.get("loc", ())))
-        message = f"{field}: {first.get('msg', 'invalid')}"
-        errors = [{"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "")}
-                  for e in exc.errors()]
-        return JSONResponse({"error": {"code": "validation_error", "message": message, "field": field,
-                                       "errors": errors}}, status_code=422)
+        error = ValidationFailed(exc.errors())
+        return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -208,6 +149,6 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(web), check_dir=False), name="static")
 
-    app.add_middleware(BodyLimit, limit=config.max_body)
+    app.add_middleware(RequestBody, limit=config.max_body)
     app.add_middleware(TokenAuth, token=None if config.no_auth else config.token)
     return app

@@ -8,9 +8,14 @@ import secrets
 import shlex
 from dataclasses import MISSING, dataclass, field
 
+from agentwire.types import AgentwireError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(AgentwireError, ValueError):
+    """A setting that cannot work; the message names the flag (`agentwire serve` prints it)."""
+
+    status = 500
+    code = "bad_config"
 
 
 @dataclass

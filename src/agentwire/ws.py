@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -289,7 +289,7 @@ class _Connection:
         if if_busy not in ("queue", "reject"):
             raise AgentwireError("if_busy must be 'queue' or 'reject'", code="bad_if_busy", status=422,
                                  field="if_busy")
-        turn = await _finish(self.console.submit(session, message, lane, if_busy))
+        turn = await self._finish(self.console.submit(session, message, lane, if_busy), "ws send")
         assert turn.first_event is not None
         # `first_seq`, not `seq`: an ack must never look like an event to a client that checks for a seq.
         return {"turn": turn.id, "session": session, "lane": lane, "first_seq": turn.first_event.seq}
@@ -297,10 +297,16 @@ class _Connection:
     async def _cancel(self, request: JSON) -> JSON:
         session = _text(request, "session")
         turn = _text(request, "turn", required=False)
-        return await _finish(self.console.cancel(session, turn))
+        return await self._finish(self.console.cancel(session, turn), "ws cancel")
 
     async def _ping(self, request: JSON) -> JSON:
         return {}
+
+    async def _finish(self, work: Coroutine[Any, Any, T], name: str) -> T:
+        """Run a request that changes state to its end even if the socket goes away meanwhile, so a
+        turn is never left half started (as an HTTP request whose client leaves is not); the console
+        owns the task, so server shutdown still ends it."""
+        return await asyncio.shield(self.console.tasks.spawn(work, name=name))
 
 
 def _with_ref(message: JSON, ref: Any) -> JSON:
@@ -331,14 +337,3 @@ def _position(request: JSON, name: str) -> int | None:
     return value
 
 
-async def _finish(work: Awaitable[T]) -> T:
-    """Run a request that changes state to its end even if the socket goes away meanwhile, so a
-    turn is never left half started (as an HTTP request whose client leaves is not)."""
-    task = asyncio.ensure_future(work)
-    task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
 import orjson
 
+from agentwire.background import TaskSet
 from agentwire.providers import Provider, make_provider
 from agentwire.types import JSON
 
@@ -28,7 +28,7 @@ class WarmPool:
     def __init__(self, size: int) -> None:
         self.size = size
         self._idle: dict[str, list[Provider]] = {}
-        self._filling: set[asyncio.Task[None]] = set()
+        self._filling = TaskSet()
 
     async def acquire(self, provider: str, model: str | None, options: JSON) -> Provider:
         key = _key(provider, model, options)
@@ -62,15 +62,10 @@ class WarmPool:
                     return
                 idle.append(worker)
 
-        task = asyncio.create_task(fill())
-        self._filling.add(task)
-        task.add_done_callback(self._filling.discard)
+        self._filling.spawn(fill(), name=f"warm {provider}")
 
     async def close(self) -> None:
-        for task in tuple(self._filling):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await self._filling.close(timeout=5)
         for idle in self._idle.values():
             for worker in idle:
                 with contextlib.suppress(Exception):

@@ -231,8 +231,8 @@ class _Child:
 
     async def stderr_settled(self, timeout: float = 0.5) -> None:
         """Let the stderr reader catch up with what the (exited) child wrote last."""
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(self._stderr_task), timeout)
+        # asyncio.wait neither cancels the reader on timeout nor swallows the caller's own cancellation.
+        await asyncio.wait({self._stderr_task}, timeout=timeout)
 
     def signal(self, sig: signal.Signals) -> None:
         if self.proc.returncode is not None:
@@ -275,6 +275,7 @@ class _Child:
                 # A killed group closes its pipes; give the reader a moment, then stop it.
                 await self.stderr_settled(0.2)
                 self._stderr_task.cancel()
+                await asyncio.wait({self._stderr_task})
 
     def died_message(self, what: str) -> str:
         code = self.proc.returncode
@@ -335,10 +336,10 @@ class _Conversation:
             await self.child.stop()
             raise
         finally:
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):
                 await self._close_llm()
-            if not writer.done():
-                writer.cancel()
+            writer.cancel()
+            await asyncio.wait({writer})
 
     async def _write_prompt(self) -> None:
         stdin = self.child.proc.stdin
