@@ -246,34 +246,39 @@ def test_bad_frames_get_an_error_and_the_connection_lives_on(make_server: Server
         ("not json {", "bad_json"),
         ("[1, 2]", "bad_frame"),
         ('"subscribe"', "bad_frame"),
-        ({"stream": "tasks"}, "missing_field"),
+        ({"stream": "tasks"}, "validation_error op"),
         ({"op": "dance"}, "unknown_op"),
         ({"op": 7}, "unknown_op"),
-        ({"op": "subscribe"}, "missing_field"),
-        ({"op": "subscribe", "stream": 5}, "bad_field"),
+        ('{"op": "ping", "ref": NaN}', "bad_json"),
+        ('{"op": "ping", "ref": 1e999}', "bad_json"),
+        ('{"op": "ping", "ref": 18446744073709551616}', "bad_json"),
+        ({"op": "ping", "extra": 1}, "validation_error extra"),
+        ({"op": "subscribe"}, "validation_error stream"),
+        ({"op": "subscribe", "stream": 5}, "validation_error stream"),
         ({"op": "subscribe", "stream": "secrets"}, "bad_stream"),
         ({"op": "subscribe", "stream": "tasks/x"}, "bad_stream"),
         ({"op": "subscribe", "stream": "konsole/"}, "bad_session_name"),
         ({"op": "subscribe", "stream": "konsole/../etc"}, "bad_session_name"),
         ({"op": "subscribe", "stream": "konsole/nobody-here"}, "session_not_found"),
-        ({"op": "subscribe", "stream": "tasks", "after": -1}, "bad_position"),
-        ({"op": "subscribe", "stream": "tasks", "after": "5"}, "bad_position"),
-        ({"op": "subscribe", "stream": "tasks", "after": True}, "bad_position"),
-        ({"op": "subscribe", "stream": "tasks", "from": 1.5}, "bad_position"),
-        ({"op": "subscribe", "stream": "tasks", "after": 2**63}, "bad_position"),
-        ({"op": "subscribe", "stream": "tasks", "fold": "yes"}, "bad_field"),
+        ({"op": "subscribe", "stream": "tasks", "after": -1}, "validation_error after"),
+        ({"op": "subscribe", "stream": "tasks", "after": "5"}, "validation_error after"),
+        ({"op": "subscribe", "stream": "tasks", "after": True}, "validation_error after"),
+        ({"op": "subscribe", "stream": "tasks", "from": 1.5}, "validation_error from"),
+        ({"op": "subscribe", "stream": "tasks", "after": 2**63}, "validation_error after"),
+        ({"op": "subscribe", "stream": "tasks", "fold": "yes"}, "validation_error fold"),
+        ({"op": "subscribe", "stream": "tasks", "aftr": 3}, "validation_error aftr"),
         ({"op": "unsubscribe", "stream": "tasks"}, "not_subscribed"),
-        ({"op": "send", "session": session}, "missing_field"),
-        ({"op": "send", "message": "hi"}, "missing_field"),
-        ({"op": "send", "session": session, "message": "hi", "lane": "slow"}, "bad_lane"),
-        ({"op": "send", "session": session, "message": "hi", "if_busy": "wait"}, "bad_if_busy"),
+        ({"op": "send", "session": session}, "validation_error message"),
+        ({"op": "send", "message": "hi"}, "validation_error session"),
+        ({"op": "send", "session": session, "message": "hi", "lane": "slow"}, "validation_error lane"),
+        ({"op": "send", "session": session, "message": "hi", "if_busy": "wait"}, "validation_error if_busy"),
         ({"op": "send", "session": session, "message": "  "}, "empty_message"),
         ({"op": "send", "session": session, "message": "x" * 100_001}, "message_too_large"),
         ({"op": "send", "session": "bad name!", "message": "hi"}, "bad_session_name"),
         ({"op": "cancel", "session": "nobody-here"}, "session_not_found"),
         ({"op": "cancel", "session": session}, "no_running_turn"),
         ({"op": "cancel", "session": session, "turn": "t_nope"}, "turn_not_found"),
-        ({"op": "cancel", "session": session, "turn": 12}, "bad_field"),
+        ({"op": "cancel", "session": session, "turn": 12}, "validation_error turn"),
     ]
     with probe(served) as p:
         for number, (frame, code) in enumerate(cases):
@@ -282,8 +287,12 @@ def test_bad_frames_get_an_error_and_the_connection_lives_on(make_server: Server
             p.send(frame)
             answer = p.recv()
             assert answer["op"] == "error", (frame, answer)
+            code, _, field = code.partition(" ")
             assert answer["error"]["code"] == code, (frame, answer)
             assert answer["error"]["message"]
+            if field:  # the shape a REST body's validation error has
+                assert answer["error"]["field"] == field, (frame, answer)
+                assert answer["error"]["errors"][0]["field"] == field
             if isinstance(frame, dict):
                 assert answer["ref"] == number
             else:
