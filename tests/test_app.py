@@ -118,6 +118,15 @@ def _chunked(size: int) -> Iterator[bytes]:
 
 
 BIG = 1 << 20  # the default request body limit
+JSON_BODY = {"content-type": "application/json"}
+# Well-formed JSON numbers that no journal entry may hold: refused (422) before anything is written.
+UNSTORABLE_NUMBERS = [("NaN", b"NaN"), ("-Infinity", b"-Infinity"), ("1e999", b"1e999"),
+                      ("2^64", b"18446744073709551616"), ("-2^63-1", b"-9223372036854775809")]
+# Where they hide: anywhere in a body, also where a model keeps unknown keys as sent (a task's context).
+CARRIERS = [("POST", "/api/tasks", b'{"title": "x", "context": {"n": %s}}'),
+            ("PATCH", "/api/tasks/known", b'{"context": {"turnTiming": {"totalMs": %s}}}'),
+            ("POST", "/api/konsole", b'{"name": "s3", "options": {"temperature": %s}}'),
+            ("POST", "/api/konsole/s1/stream", b'{"message": "hi", "extra": [%s]}')]
 BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str, str | None]] = [
     # (what, method, path, request arguments, status, error code, field)
     ("malformed Last-Event-ID", "GET", "/api/stream/tasks", {"headers": {"Last-Event-ID": "abc"}}, 400,
@@ -173,6 +182,10 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str, str | None]] =
     ("existing session", "POST", "/api/konsole", {"json": {"name": "s1"}}, 409, "session_exists", None),
     ("existing task", "POST", "/api/tasks", {"json": {"id": "known", "title": "again"}}, 409, "task_exists",
      "id"),
+    *[(f"{what} in {method} {path}", method, path, {"content": body % number, "headers": JSON_BODY}, 422,
+       "validation_error", "body") for what, number in UNSTORABLE_NUMBERS for method, path, body in CARRIERS],
+    ("a lone surrogate", "POST", "/api/tasks", {"content": b'{"title": "\\ud800"}', "headers": JSON_BODY},
+     422, "validation_error", "body"),
     ("missing token", "POST", "/api/tasks", {"json": {"title": "x"}, "headers": {"authorization": ""}}, 401,
      "unauthorized", None),
     ("wrong token", "GET", "/api/stream/tasks", {"headers": {"authorization": "Bearer not-the-token"}}, 401,

@@ -617,7 +617,8 @@ def test_e2e_cancel_ends_the_turn_and_the_process(served: str, fake_dir: Path, m
 
 
 def test_e2e_a_quick_turn_runs_on_a_process_started_before_it(tmp_path: Path) -> None:
-    with running_app() as (url, config):  # the default provider is scripted: this session asks for cli
+    # The default provider is scripted: this session asks for cli, and chooses its command (so the flag).
+    with running_app(allow_session_command=True) as (url, config):
         create_session(url, "quick-cli", provider="cli", options={"command": fake_command(tmp_path)})
         wait_for(lambda: len(started(tmp_path)) >= config.quick_pool, timeout=20)
         warm = started(tmp_path)

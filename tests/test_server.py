@@ -92,6 +92,13 @@ SAMPLES: dict[str, tuple[str, list[str], object, object]] = {
     "log_level": ("debug", ["--log-level", "warning"], "debug", "warning"),
     "lease_seconds": ("3.5", ["--lease-seconds", "1.5"], 3.5, 1.5),
     "buffer_limit": ("65536", ["--buffer-limit", "4096"], 65536, 4096),
+    "allowed_hosts": ("a.example, *.b.example c.example",
+                      ["--allowed-host", "x.example", "--allowed-host", "y.example"],
+                      ["a.example", "*.b.example", "c.example"], ["x.example", "y.example"]),
+    "allowed_origins": ("https://a.example,http://b.example:8080", ["--allowed-origin", "https://x.example:443"],
+                        ["https://a.example", "http://b.example:8080"], ["https://x.example"]),
+    "trust_forwarded": ("1", ["--trust-forwarded"], True, True),
+    "allow_session_command": ("yes", ["--allow-session-command"], True, True),
 }
 
 
@@ -118,9 +125,9 @@ def test_each_setting_comes_from_its_env_twin_and_the_flag_wins(clean_env: pytes
     assert getattr(parse(), name) != from_env
     clean_env.setenv(ENV[name], env_value)
     assert getattr(parse(), name) == from_env
-    if name == "no_auth":  # a switch: the flag can only turn it on; with the twin off, the flag wins
+    if isinstance(from_flag, bool):  # a switch: the flag can only turn it on; with the twin off, the flag wins
         clean_env.setenv(ENV[name], "0")
-        assert parse().no_auth is False
+        assert getattr(parse(), name) is False
     assert getattr(parse(*flag), name) == from_flag
 
 
@@ -149,6 +156,8 @@ def nothing_listens(port: int) -> bool:
     (["--heartbeat", "0"], {}, "--heartbeat must be a positive"),
     (["--retention", "-5"], {}, "--retention"),
     (["--journal", "postgres://db/x"], {}, "unknown journal URL"),
+    (["--allowed-origin", "agents.example.org"], {}, "--allowed-origin: not an origin"),
+    ([], {"AGENTWIRE_ALLOWED_HOSTS": "http://a.example/"}, "--allowed-host: not a host name"),
 ])
 def test_unsafe_or_impossible_settings_are_refused_before_listening(tmp_path: Path, argv: list[str],
                                                                    env: dict[str, str], message: str) -> None:

@@ -29,6 +29,7 @@ from agentwire.console import api as console_api
 from agentwire.hub import Hub
 from agentwire.journal import Journal, open_journal
 from agentwire.metrics import Metrics
+from agentwire.security import SecurityHeaders, SiteGuard
 from agentwire.sse import stream_response
 from agentwire.types import TASKS_STREAM, AgentwireError, ValidationFailed
 
@@ -149,6 +150,10 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(web), check_dir=False), name="static")
 
+    # Outermost last: headers on every answer, then Host/Origin before the token is even looked at.
     app.add_middleware(RequestBody, limit=config.max_body)
     app.add_middleware(TokenAuth, token=None if config.no_auth else config.token)
+    app.add_middleware(SiteGuard, listen_host=config.host, allowed_hosts=config.allowed_hosts,
+                       allowed_origins=config.allowed_origins, trust_forwarded=config.trust_forwarded)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -189,6 +189,11 @@ class Console:
         if await self.hub.journal.get_doc("session", name) is not None:
             raise Conflict(f"session {name!r} exists", code="session_exists")
         options = body.options.model_dump(exclude_none=True)
+        if "command" in options and not self.config.allow_session_command:
+            raise AgentwireError(
+                "the session option 'command' chooses a program the server runs; this server was not "
+                "started with --allow-session-command (AGENTWIRE_ALLOW_SESSION_COMMAND=1), so sessions "
+                "use its --cli-command", code="session_command_not_allowed", status=403, field="options.command")
         if provider == "cli" and "command" not in options:
             options["command"] = list(self.config.cli_command)
         model = body.model or (provider == self.config.provider and self.config.model) or info.default_model
