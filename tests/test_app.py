@@ -91,6 +91,36 @@ def test_openapi_schema_and_docs(server: Served) -> None:
     assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
 
 
+def test_openapi_declares_every_error_answer_with_the_error_schema(server: Served) -> None:
+    schema = server.http.get("/openapi.json").json()
+    error = schema["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"]
+    assert schema["components"]["schemas"]["ErrorDetail"]["required"] == ["code", "message"]
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # FastAPI's shape is not ours
+    declared = {(method.upper(), path): set(operation["responses"])
+                for path, methods in schema["paths"].items() for method, operation in methods.items()}
+    for key, statuses in {
+        ("POST", "/api/tasks"): {"201", "401", "403", "409", "413", "422", "503"},
+        ("GET", "/api/tasks/{task_id}"): {"200", "401", "403", "404", "422", "503"},
+        ("DELETE", "/api/tasks/{task_id}"): {"204", "401", "403", "404", "422", "503"},
+        ("POST", "/api/tasks/{task_id}/choose"): {"200", "401", "403", "404", "409", "413", "422", "503"},
+        ("GET", "/api/stream/tasks"): {"200", "400", "401", "403", "503"},
+        ("POST", "/api/konsole/{session}/stream"): {"200", "401", "403", "404", "409", "413", "422", "503"},
+        ("POST", "/api/konsole/{session}/cancel"): {"200", "401", "403", "404", "409", "413", "422", "503"},
+        ("GET", "/healthz"): {"200", "403", "503"},
+        ("GET", "/metrics"): {"200", "401", "403"},
+    }.items():
+        assert declared[key] == statuses, key
+    for (method, path), statuses in declared.items():
+        for status in statuses - {"200", "201", "204"}:
+            content = schema["paths"][path][method.lower()]["responses"][status]["content"]
+            expected = "HealthDown" if path == "/healthz" and status == "503" else "Error"
+            assert content["application/json"]["schema"]["$ref"] == f"#/components/schemas/{expected}", (path, status)
+    events = schema["paths"]["/api/konsole/{session}/events"]["get"]["responses"]["200"]["content"]
+    assert set(events) == {"text/event-stream"}
+    assert set(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+
+
 def test_unknown_routes_and_methods_are_json_errors(server: Served) -> None:
     missing = server.http.get("/api/nothing-here")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

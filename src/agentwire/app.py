@@ -16,11 +16,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
-from agentwire import tasks, ws
+from agentwire import openapi, tasks, ws
 from agentwire.auth import TokenAuth
 from agentwire.body import RequestBody
 from agentwire.config import Config
@@ -29,8 +30,9 @@ from agentwire.console import api as console_api
 from agentwire.hub import Hub
 from agentwire.journal import Journal, open_journal
 from agentwire.metrics import Metrics
+from agentwire.openapi import errors, stream_responses
 from agentwire.security import SecurityHeaders, SiteGuard
-from agentwire.sse import stream_response
+from agentwire.sse import EventStreamResponse, stream_response
 from agentwire.types import TASKS_STREAM, AgentwireError, ValidationFailed
 
 log = logging.getLogger("agentwire")
@@ -46,6 +48,19 @@ class Context:
     metrics: Metrics
     board: tasks.Board
     console: Console
+
+
+class Health(BaseModel):
+    status: str
+    journal: str
+    streams_open: int
+    pid: int | None = None
+
+
+class HealthDown(BaseModel):
+    status: str
+    journal: str
+    error: str
 
 
 def ctx(request: Request) -> Context:
@@ -112,17 +127,21 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
 
+    openapi.install(app, auth=not config.no_auth)
     app.include_router(tasks.router(lambda request: ctx(request).board))
     app.include_router(console_api.router(lambda request: ctx(request).console))
     app.router.routes.append(ws.route(hub, console, config))
 
-    @app.get("/api/stream/tasks", tags=["streams"])
+    @app.get("/api/stream/tasks", tags=["streams"], response_class=EventStreamResponse, status_code=200,
+             responses={**stream_responses(), **errors(400)})
     async def stream_tasks(request: Request) -> Response:
         c = ctx(request)
         return await stream_response(request, c.hub, TASKS_STREAM, heartbeat=c.config.heartbeat,
                                      retry_ms=c.config.retry_ms, default_at_head=True)
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], responses={
+        200: {"model": Health, "description": "The journal answers"},
+        503: {"model": HealthDown, "description": "The journal cannot be reached"}})
     async def healthz(request: Request) -> JSONResponse:
         c = ctx(request)
         try:
@@ -135,9 +154,10 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
             health["pid"] = os.getpid()
         return JSONResponse(health)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format 0.0.4"}})
     async def prometheus(request: Request) -> Response:
-        return Response(ctx(request).metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(ctx(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
     web = resources.files("agentwire") / "web"
 

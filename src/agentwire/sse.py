@@ -82,9 +82,11 @@ class EventStreamResponse(Response):
     reads again.
     """
 
+    media_type = "text/event-stream"
+
     def __init__(self, outbox: Outbox, *, heartbeat: float, retry_ms: int,
                  on_close: Callable[[], None]) -> None:
-        super().__init__(status_code=200, media_type="text/event-stream")
+        super().__init__(status_code=200, media_type=self.media_type)
         self.outbox = outbox
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
