@@ -1,5 +1,6 @@
-"""The WebSocket transport (`/api/ws`, §6): requests and their answers, positions, bad frames, close
-codes, auth, heartbeat, shutdown, slow consumers, and twenty streams on one socket through cuts."""
+"""The WebSocket transport (`/api/ws`, §6): requests and their answers, positions, bad frames (and a
+hypothesis fuzz of frames), close codes, auth, heartbeat, shutdown, slow consumers, and twenty streams
+on one socket through cuts."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from unittest import mock
 import httpx
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect as async_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection
@@ -332,6 +335,82 @@ def test_an_oversized_frame_closes_with_1009(make_server: ServerFactory) -> None
         with pytest.raises(ConnectionClosed) as closed:
             p.until(lambda f: False, timeout=20)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+OPS = ["subscribe", "unsubscribe", "send", "cancel", "ping"]
+FIELDS = ["stream", "after", "from", "fold", "session", "message", "lane", "if_busy", "turn"]
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 63), (1 << 64) - 1),
+                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.text(max_size=6), inner, max_size=3), max_leaves=8)
+# Values that mean something to some op, and anything else.
+_field_values = st.one_of(
+    st.sampled_from(["tasks", "konsole/fuzz", "konsole/", "konsole/../x", "fuzz", "main", "quick", "queue",
+                     "reject", "t_nope", "", " ", "x" * 300]),
+    st.integers(-2, 5), st.sampled_from([2**63 - 1, 2**63, 2**64 - 1]), _json)
+_requests = st.fixed_dictionaries({"op": st.one_of(st.sampled_from(OPS), _json)},
+                                  optional={name: _field_values for name in FIELDS})
+UNACCEPTABLE = ['{"op": "ping", "ref": NaN}', '{"op": "ping", "after": 1e999}', '{"op": "ping"', "[1,",
+                '{"op": "subscribe", "stream": "tasks", "after": 18446744073709551616}', r'"\ud800"']
+# One text frame: a request (with a ref to match its answer), some other JSON, or text that is not
+# JSON agentwire accepts (malformed, or numbers no journal can hold).
+_frames = st.one_of(
+    _requests.map(lambda request: ("request", request)),
+    _json.filter(lambda value: not isinstance(value, dict)).map(lambda value: ("json", value)),
+    st.one_of(st.text(max_size=50), st.sampled_from(UNACCEPTABLE)).map(lambda text: ("text", text)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(frames=st.lists(_frames, min_size=1, max_size=12))
+def test_fuzzed_frames_each_get_one_answer_and_the_socket_lives_on(server: Served,
+                                                                   frames: list[tuple[str, Any]]) -> None:
+    """Whatever text frames come, in whatever order: each gets exactly one ack or error, in order,
+    with its ref when it had one (an error when it was not a JSON object or not JSON at all), within
+    seconds; the socket stays open and the server keeps answering."""
+    with probe(server) as p:
+        for ref, (kind, frame) in enumerate(frames):
+            if kind == "request":
+                p.send({**frame, "ref": ref})
+            elif kind == "json":
+                p.send(orjson.dumps(frame).decode())
+            else:
+                p.send(frame)
+            answer = _next_answer(p)
+            if kind == "request":
+                assert answer.get("ref") == ref, (frame, answer)
+            else:
+                assert answer["op"] == "error" and "ref" not in answer, (frame, answer)
+                assert answer["error"]["code"] in ("bad_json", "bad_frame"), (frame, answer)
+            if answer["op"] == "error":
+                assert answer["error"]["code"] != "internal_error", (frame, answer)
+                assert answer["error"]["message"], answer
+        assert p.request("ping")["op"] == "ack"
+
+
+@pytest.mark.parametrize(("frame", "code"), [(b"\x00\xff binary", 1003), (b"", 1003),
+                                             ("x" * 5000, 1009), ("é" * 3000, 1009)])
+def test_a_frame_that_cannot_be_answered_closes_the_socket_with_its_code(make_server: ServerFactory,
+                                                                          frame: str | bytes, code: int) -> None:
+    served = make_server(max_body=4096)
+    with probe(served) as p:
+        assert p.request("subscribe", stream="tasks")["op"] == "ack"
+        p.ws.send(frame)
+        with pytest.raises(ConnectionClosed) as closed:
+            p.until(lambda f: False, timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+    wait_for(lambda: served.http.get("/healthz").json()["streams_open"] == 0, timeout=10)  # its subscription ended
+
+
+def _next_answer(p: Probe) -> JSON:
+    """The next ack or error (events and pings of the subscriptions a frame opened come between)."""
+    while True:
+        message = p.recv(timeout=15)
+        if message.get("op") in ("ack", "error"):
+            return message
 
 
 # ----------------------------------------------------------------------------- auth
