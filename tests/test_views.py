@@ -128,11 +128,12 @@ def test_the_routes_declare_their_bodies_streams_and_errors() -> None:
         assert "text/event-stream" in operation["responses"]["200"]["content"]
         for status in statuses - {"200", "204"}:
             assert operation["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
-                "/ErrorOut")
+                "/Error")
     assert {p["name"] for p in agui["parameters"]} == {"last-event-id"}
 
 
-_fuzzed_app = create_app(Config(journal="memory://", no_auth=True))
+# The ASGI test client calls itself "testserver": a name this app must answer to.
+_fuzzed_app = create_app(Config(journal="memory://", no_auth=True, allowed_hosts=["testserver"]))
 _schema = schemathesis.openapi.from_asgi("/openapi.json", _fuzzed_app)
 
 

@@ -68,13 +68,13 @@ from starlette.responses import Response
 
 from agentwire.console.runtime import SESSION_NAME, Console
 from agentwire.console.transcript import TurnSummary
+from agentwire.openapi import errors
 from agentwire.types import JSON, AgentwireError, Conflict, Event, NotFound
 from agentwire.views import (
     POSITION_SCHEMA,
     Position,
     TurnTranslator,
     ViewOutbox,
-    error_responses,
     sse_response,
     turn_at,
     turn_view,
@@ -221,7 +221,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
         **sse_response("AG-UI events of the run (EventEncoder frames, each with an `id:`), RUN_STARTED to "
                        "RUN_FINISHED or RUN_ERROR"),
         204: {"description": "Resumed after the run's last frame: nothing is left to send"},
-        **error_responses(400, 401, 404, 409, 413, 422)})
+        **errors(400, 401, 404, 409, 413, 422)})
     async def run_agent(request: Request, body: RunIn,
                         last_event_id: Annotated[str | None, Header(description=RESUME_DOC,
                                                                     json_schema_extra=POSITION_SCHEMA)] = None,

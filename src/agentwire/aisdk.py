@@ -36,13 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from agentwire.console.runtime import SESSION_NAME, Console
+from agentwire.openapi import errors
 from agentwire.types import JSON, KONSOLE_PREFIX, AgentwireError, Event
 from agentwire.views import (
     POSITION_SCHEMA,
     Position,
     TurnTranslator,
     ViewOutbox,
-    error_responses,
     sse_response,
     turn_at,
     turn_view,
@@ -188,7 +188,7 @@ def user_message(body: ChatIn) -> tuple[str, str]:
 def router(console_of: Callable[[Request], Console]) -> APIRouter:
     api = APIRouter(prefix="/api/chat", tags=["protocols"])
 
-    @api.post("", responses={**sse_response(STREAM_DOC), **error_responses(400, 401, 413, 422)})
+    @api.post("", responses={**sse_response(STREAM_DOC), **errors(400, 401, 413, 422)})
     async def chat(request: Request, body: ChatIn) -> Response:
         console = console_of(request)
         session = body.id
@@ -202,7 +202,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
     @api.get("/{id}/stream", responses={
         **sse_response(STREAM_DOC + ", replayed from the turn's start"),
         204: {"description": "No main turn is running in this session"},
-        **error_responses(400, 401, 404, 422)})
+        **errors(400, 401, 404, 422)})
     async def resume(request: Request,
                      id: Annotated[str, Path(pattern=SESSION_NAME.pattern, description="the session")],
                      last_event_id: Annotated[str | None, Header(description=POSITION_DOC,

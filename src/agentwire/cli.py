@@ -43,6 +43,16 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--buffer-limit", type=int, default=None,
                        help="bytes a subscriber may fall behind before it is disconnected")
     serve.add_argument("--lease-seconds", type=float, default=None)
+    serve.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=None, metavar="NAME",
+                       help="a Host name the server answers to besides its loopback names (repeatable; "
+                            "*.domain for subdomains)")
+    serve.add_argument("--allowed-origin", dest="allowed_origins", action="append", default=None,
+                       metavar="ORIGIN", help="a page origin (scheme://host[:port]) whose browser may open "
+                                              "WebSockets and change state, besides the server's own (repeatable)")
+    serve.add_argument("--trust-forwarded", action="store_true", default=None,
+                       help="take the public host and scheme from the reverse proxy's X-Forwarded-Host/-Proto")
+    serve.add_argument("--allow-session-command", action="store_true", default=None,
+                       help="let API clients choose the command a cli session runs (option 'command')")
     serve.add_argument("--log-level", default=None)
 
 

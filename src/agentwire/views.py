@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 import orjson
 from fastapi import Request
-from pydantic import BaseModel
 from starlette.responses import Response
 
 from agentwire.console.runtime import Console
@@ -244,25 +243,7 @@ async def turn_view(request: Request, console: Console, session: str, turn: str,
     return response
 
 
-# OpenAPI: the error body every route answers with, and the statuses these routes use
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    field: str | None = None
-
-
-class ErrorOut(BaseModel):
-    error: ErrorDetail
-
-
-_WHY = {400: "A body that is not JSON, or a malformed Last-Event-ID", 401: "No or wrong token",
-        404: "No such session, or a position outside its turns", 409: "The position belongs to another run",
-        413: "Body or message too large", 422: "Invalid body, or no user message with text"}
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorOut, "description": _WHY[status]} for status in statuses}
+# OpenAPI: the event-stream answer of these routes (their errors: `openapi.errors`)
 
 
 def sse_response(description: str) -> dict[int | str, dict[str, Any]]:

@@ -10,10 +10,10 @@ session's context itself (from `io.resume`), so closing one only costs the next 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
+from agentwire.background import TaskSet
 from agentwire.providers import Provider
 
 log = logging.getLogger("agentwire.agents")
@@ -24,10 +24,10 @@ class LiveAgents:
         self.ttl = ttl
         self._idle: dict[str, tuple[Provider, float]] = {}  # session → (provider, idle since)
         self._busy: dict[str, Provider] = {}
-        self._reaper: asyncio.Task[None] | None = None
+        self._tasks = TaskSet()
 
     def start(self) -> None:
-        self._reaper = asyncio.create_task(self._reap(), name="live agents reaper")
+        self._tasks.spawn(self._reap(), name="live agents reaper")
 
     def take(self, session: str, make: Callable[[], Provider]) -> Provider:
         """The session's provider for a main turn (its idle one, or a new one); `give_back` after."""
@@ -70,10 +70,7 @@ class LiveAgents:
 
     async def close(self) -> None:
         """Shutdown: close every provider (the console has cancelled their turns already)."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        await self._tasks.close()
         providers = [p for p, _ in self._idle.values()] + list(self._busy.values())
         self._idle.clear()
         self._busy.clear()

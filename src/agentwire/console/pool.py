@@ -8,6 +8,7 @@ import logging
 
 import orjson
 
+from agentwire.background import TaskSet
 from agentwire.providers import Provider, make_provider
 from agentwire.types import JSON
 
@@ -30,8 +31,8 @@ class WarmPool:
         self.size = size
         self.ttl = ttl
         self._idle: dict[str, list[Provider]] = {}
-        self._filling: set[asyncio.Task[None]] = set()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._filling = TaskSet()
+        self._closing = TaskSet()
 
     async def acquire(self, provider: str, model: str | None, options: JSON) -> Provider:
         key = _key(provider, model, options)
@@ -67,29 +68,21 @@ class WarmPool:
                 if self.ttl is not None:
                     asyncio.get_running_loop().call_later(self.ttl, self._expire, idle, worker)
 
-        self._track(asyncio.create_task(fill()))
+        self._filling.spawn(fill(), name=f"warm {provider}")
 
     def _expire(self, idle: list[Provider], worker: Provider) -> None:
         if worker in idle:
             idle.remove(worker)
-            task = asyncio.create_task(_close(worker))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-
-    def _track(self, task: asyncio.Task[None]) -> None:
-        self._filling.add(task)
-        task.add_done_callback(self._filling.discard)
+            self._closing.spawn(_close(worker), name=f"close idle {worker.name}")
 
     async def close(self) -> None:
-        for task in tuple(self._filling):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await self._filling.close(timeout=5)
         workers = []
         for idle in self._idle.values():
             workers += idle
             idle.clear()
-        await asyncio.gather(*(_close(worker) for worker in workers), *tuple(self._closing))
+        await asyncio.gather(*(_close(worker) for worker in workers))
+        await self._closing.close(timeout=5)
 
 
 async def _close(worker: Provider) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agentwire.background import TaskSet
 from agentwire.config import Config
 from agentwire.console.agents import LiveAgents
 from agentwire.console.pool import WarmPool
@@ -22,12 +23,25 @@ from agentwire.console.tools import Tools
 from agentwire.console.transcript import Transcript
 from agentwire.console.turn import Turn, TurnRunner
 from agentwire.hub import Hub
-from agentwire.providers import Provider, ProviderError, check_provider, make_provider
+from agentwire.providers import Provider, check_provider, make_provider
 from agentwire.tasks import Board, iso_now
-from agentwire.types import JSON, KONSOLE_PREFIX, AgentwireError, Append, Conflict, Doc, Event, NotFound
+from agentwire.types import (
+    JSON,
+    KONSOLE_PREFIX,
+    AgentwireError,
+    Append,
+    Conflict,
+    Doc,
+    Event,
+    NotFound,
+    ValidationFailed,
+)
 
 log = logging.getLogger("agentwire.console")
 
+# How long shutdown waits for cancelled turns to record their end and stop their agents (a CLI
+# agent gets SIGTERM, then SIGKILL after 1.5 s).
+CLOSE_TIMEOUT = 3.0
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Lane = Literal["main", "quick"]
 
@@ -107,29 +121,24 @@ class Console:
         self._sessions: dict[str, JSON] = {}
         board.on_choose = self._on_choose
         hub.observers.append(self._fold_live)
-        self._keeper: asyncio.Task[None] | None = None
+        # Every task the console starts (turns, the lease keeper, requests run to their end for a
+        # client that left): `close` ends them all.
+        self.tasks = TaskSet()
         # This node's turns that ended while their terminal event could not be stored.
         self._unrecorded: set[str] = set()
 
     async def start(self) -> None:
         await self.recover_interrupted()
-        self._keeper = asyncio.create_task(self._keep_leases(), name="turn leases")
+        self.tasks.spawn(self._keep_leases(), name="turn leases")
         self.agents.start()
 
     async def close(self) -> None:
         """Server shutdown: running turns end as interrupted (their events still reach the journal)."""
-        if self._keeper is not None:
-            self._keeper.cancel()
-        tasks = [task for lanes in self._lanes.values() for task in lanes.tasks.values()]
         for lanes in self._lanes.values():
             for turn in lanes.running.values():
                 turn.cancel_reason = "interrupted"
             lanes.queue.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, 2)
+        await self.tasks.close(timeout=CLOSE_TIMEOUT)
         await asyncio.gather(self.pool.close(), self.agents.close())
 
     async def recover_interrupted(self) -> None:
@@ -196,6 +205,11 @@ class Console:
         options = body.options.model_dump(exclude_none=True)
         if "cwd" in options:
             options["cwd"] = check_cwd(options["cwd"])
+        if "command" in options and not self.config.allow_session_command:
+            raise AgentwireError(
+                "the session option 'command' chooses a program the server runs; this server was not "
+                "started with --allow-session-command (AGENTWIRE_ALLOW_SESSION_COMMAND=1), so sessions "
+                "use its --cli-command", code="session_command_not_allowed", status=403, field="options.command")
         if provider == "cli" and "command" not in options:
             options["command"] = list(self.config.cli_command)
         model = body.model or (provider == self.config.provider and self.config.model) or info.default_model
@@ -328,8 +342,7 @@ class Console:
             turn=turn.id, lane=turn.lane, doc=Doc("turn", turn.id, self._turn_doc(turn))))
 
     def _spawn(self, lanes: _Lanes, turn: Turn, session: JSON | None) -> None:
-        task = asyncio.create_task(self._run(turn, session), name=f"turn {turn.id}")
-        lanes.tasks[turn.id] = task
+        lanes.tasks[turn.id] = self.tasks.spawn(self._run(turn, session), name=f"turn {turn.id}")
 
     def _next(self, name: str) -> None:
         lanes = self._lanes[name]
@@ -375,7 +388,7 @@ class Console:
                 await self._end(turn, runner, "turn.failed", {"error": "interrupted"})
             else:
                 await self._end(turn, runner, "turn.cancelled", {"reason": reason})
-        except (ProviderError, AgentwireError) as exc:
+        except AgentwireError as exc:  # ProviderError included: a reason the user should read
             log.info("turn %s failed: %s", turn.id, exc)
             await self._fail(turn, runner, str(exc))
         except Exception as exc:
@@ -455,6 +468,4 @@ def parse_session_in(body: JSON) -> SessionIn:
     try:
         return SessionIn.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise AgentwireError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", code="validation_error",
-                             status=422, field=".".join(map(str, first["loc"]))) from exc
+        raise ValidationFailed(exc.errors()) from exc

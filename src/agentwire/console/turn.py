@@ -89,8 +89,9 @@ class _EventWriter:
                     self._space.set()
             self._drained.set()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._task.cancel()
+        await asyncio.wait({self._task})
 
 
 class TurnRunner:
@@ -228,7 +229,7 @@ class TurnRunner:
             await self._set_state("idle")
             await self._writer.flush()
         finally:
-            self._writer.close()
+            await self._writer.close()
         return await self.console.hub.append(Append(
             self.turn.stream, type, {**self.finish_data, **data, "timing": self.clock.timing()}, turn=self.turn.id,
             lane=self.turn.lane, doc=Doc("turn", self.turn.id, None)))

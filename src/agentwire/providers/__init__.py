@@ -18,8 +18,11 @@ from typing import Any, Protocol
 from agentwire.types import JSON, AgentwireError
 
 
-class ProviderError(Exception):
+class ProviderError(AgentwireError):
     """A turn failed for a reason to show the user (the provider's own message where it has one)."""
+
+    status = 502
+    code = "provider_error"
 
 
 @dataclass(frozen=True, slots=True)

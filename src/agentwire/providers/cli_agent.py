@@ -161,10 +161,10 @@ class _Conversation:
             await self.child.stop()
             raise
         finally:
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):
                 await self.turn.stop()
-            if not writer.done():
-                writer.cancel()
+            writer.cancel()
+            await asyncio.wait({writer})
 
     async def _write_prompt(self) -> None:
         stdin = self.child.proc.stdin

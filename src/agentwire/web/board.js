@@ -10,8 +10,10 @@ const STATUSES = ['pending', 'in_progress', 'completed', 'failed', 'cancelled'];
 const STATUS_LABELS = {
   pending: 'Pending', in_progress: 'In progress', completed: 'Completed', failed: 'Failed', cancelled: 'Cancelled',
 };
-// Inside the frame: no scripts, no fetches, no frames, inline styles and images only.
-const FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; font-src data:";
+// Inside the frame: no scripts, no fetches, no frames, inline styles, and only images the output
+// carries itself (data: URLs). A remote image would tell its server who read the card and when (a
+// tracking pixel), so none loads; the page's own CSP, which the frame inherits, says the same.
+const FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:";
 const FRAME_STYLE = `html{color-scheme:dark}body{margin:0;padding:12px;background:#15171c;color:#e0e0e0;
 font:14px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;overflow-wrap:anywhere}a{color:#61afef}
 pre{white-space:pre-wrap}img{max-width:100%}table{max-width:100%}`;
