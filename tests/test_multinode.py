@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -29,6 +30,7 @@ from tests.support.cluster import (
     LEASE_SECONDS,
     TERMINAL,
     Cluster,
+    Node,
     Wire,
     create_session,
     ends_turn,
@@ -233,6 +235,51 @@ def test_concurrent_quick_turns_on_one_session_from_all_nodes(cluster: Cluster) 
 
 
 # -- a node dies mid-turn --------------------------------------------------------------------------
+
+
+def test_a_permission_request_is_answered_from_another_node(cluster: Cluster) -> None:
+    """The agent waits on A; the other nodes see the request (journal and state); B and C answer at
+    the same moment: one answer is taken (200), the other refused (409), and A's agent goes on with
+    the one the journal holds. "Always allow" given on another node holds on A."""
+    a, b, c = cluster.nodes
+    session = unique("ask")
+    create_session(a, session, ask_permission=True, deltas=5, delay_ms=0)
+    post = start_turn(a, session, "take notes")
+    assert post.read_headers() == 200
+    requested = envelope(post.read_until(lambda m: m.event == "permission.requested", 30))
+    request_id = requested["data"]["request_id"]
+    pending = httpx.get(f"{c.url}/api/konsole/{session}/state", headers=AUTH, timeout=10).json()["permissions"]
+    assert [p["request_id"] for p in pending] == [request_id]
+
+    def answer(node_and_body: tuple[Node, dict[str, Any]]) -> httpx.Response:
+        node, body = node_and_body
+        return httpx.post(f"{node.url}/api/konsole/{session}/permissions/{request_id}", headers=AUTH, json=body,
+                          timeout=10)
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(answer, [(b, {"decision": "allow", "remember": True}), (c, {"decision": "deny"})]))
+    assert sorted(r.status_code for r in answers) == [200, 409], [r.text for r in answers]
+    taken = next(r.json() for r in answers if r.status_code == 200)
+    refused = next(r.json() for r in answers if r.status_code == 409)
+    assert refused["error"]["code"] == "permission_settled"
+    post.read_to_eof(30)
+    decided = [envelope(m)["data"] for m in post.events if m.event == "permission.decided"]
+    assert [(d["request_id"], d["decision"]) for d in decided] == [(request_id, taken["decision"])]
+    assert post.events[-1].event == "turn.completed"
+    written = next(envelope(m)["data"] for m in post.events if m.event == "tool.result"
+                   and envelope(m)["data"]["call_id"] == "call_write_1")
+    assert written["is_error"] == (taken["decision"] == "deny")
+    journal = [orjson.loads(raw) for _, raw in cluster.journal(f"konsole/{session}")]
+    assert sum(1 for e in journal if e["type"] == "permission.decided") == 1
+    if taken["decision"] == "deny":  # C won the race: give B's "always allow" on a second request
+        post = start_turn(a, session, "take notes again")
+        request_id = envelope(post.read_until(lambda m: m.event == "permission.requested", 30))["data"]["request_id"]
+        assert answer((b, {"decision": "allow", "remember": True})).status_code == 200
+        post.read_to_eof(30)
+    again = start_turn(a, session, "more notes")
+    again.read_to_eof(30)
+    assert again.events[-1].event == "turn.completed"
+    assert not [m for m in again.events if m.event == "permission.requested"]
 
 
 def test_node_killed_mid_turn_is_marked_interrupted_by_the_others(tmp_path: Path) -> None:

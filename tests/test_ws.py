@@ -215,6 +215,32 @@ def test_send_on_both_lanes_and_cancel(server: Served) -> None:
         _assert_contiguous(p.events(f"konsole/{session}"))
 
 
+def test_decide_answers_a_permission_request(server: Served) -> None:
+    session = _name("decide")
+    create_session(server.url, session, server.auth, options={"ask_permission": True, "deltas": 5, "delay_ms": 0})
+    with probe(server) as p:
+        p.request("subscribe", stream=f"konsole/{session}")
+        turn = p.request("send", session=session, message="take notes")["turn"]
+        (request,) = [f for f in p.until(lambda f: f.get("type") == "permission.requested")
+                      if f.get("type") == "permission.requested"]
+        request_id = request["data"]["request_id"]
+        unknown = p.request("decide", session=session, request_id="perm_nope", decision="allow")
+        assert unknown["op"] == "error" and unknown["error"]["code"] == "permission_not_found"
+        bad = p.request("decide", session=session, request_id=request_id, decision="yes")
+        assert bad["op"] == "error" and (bad["error"]["code"], bad["error"]["field"]) == ("validation_error",
+                                                                                          "decision")
+        ack = p.request("decide", session=session, request_id=request_id, decision="allow", remember=True)
+        assert ack["op"] == "ack" and "seq" not in ack
+        assert {k: ack[k] for k in ("request_id", "decision", "by", "remember", "rule")} == {
+            "request_id": request_id, "decision": "allow", "by": "user", "remember": True, "rule": {"tool": "Write"}}
+        again = p.request("decide", session=session, request_id=request_id, decision="deny")
+        assert again["op"] == "error" and again["error"]["code"] == "permission_settled"
+        assert p.until(_terminal_of(turn))[-1]["type"] == "turn.completed"
+        (decided,) = [f for f in p.events(f"konsole/{session}") if f["type"] == "permission.decided"]
+        assert decided["seq"] == ack["first_seq"] and decided["data"]["by"] == "user"
+        _assert_contiguous(p.events(f"konsole/{session}"))
+
+
 def test_unsubscribe_stops_a_stream(server: Served) -> None:
     session = _name("unsub")
     create_session(server.url, session, server.auth, options={"deltas": 5, "delay_ms": 0})
@@ -339,8 +365,9 @@ def test_an_oversized_frame_closes_with_1009(make_server: ServerFactory) -> None
 
 # ----------------------------------------------------------------------------- fuzz
 
-OPS = ["subscribe", "unsubscribe", "send", "cancel", "ping"]
-FIELDS = ["stream", "after", "from", "fold", "session", "message", "lane", "if_busy", "turn"]
+OPS = ["subscribe", "unsubscribe", "send", "cancel", "ping", "decide"]
+FIELDS = ["stream", "after", "from", "fold", "session", "message", "lane", "if_busy", "turn", "request_id",
+          "decision", "remember"]
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 63), (1 << 64) - 1),
                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
 _json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
@@ -348,7 +375,7 @@ _json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.di
 # Values that mean something to some op, and anything else.
 _field_values = st.one_of(
     st.sampled_from(["tasks", "konsole/fuzz", "konsole/", "konsole/../x", "fuzz", "main", "quick", "queue",
-                     "reject", "t_nope", "", " ", "x" * 300]),
+                     "reject", "t_nope", "perm_nope", "allow", "deny", "", " ", "x" * 300]),
     st.integers(-2, 5), st.sampled_from([2**63 - 1, 2**63, 2**64 - 1]), _json)
 _requests = st.fixed_dictionaries({"op": st.one_of(st.sampled_from(OPS), _json)},
                                   optional={name: _field_values for name in FIELDS})

@@ -40,6 +40,8 @@ def _serve_parser(sub: Any) -> None:
                        help="the Claude Code CLI of the claude provider (default: the one claude-agent-sdk bundles)")
     serve.add_argument("--agent-ttl", type=float, default=None,
                        help="seconds an idle agent process (claude provider, warm quick workers) is kept")
+    serve.add_argument("--permission-timeout", type=float, default=None,
+                       help="seconds a tool-permission request waits for an answer before it is denied (600)")
     serve.add_argument("--buffer-limit", type=int, default=None,
                        help="bytes a subscriber may fall behind before it is disconnected")
     serve.add_argument("--lease-seconds", type=float, default=None)

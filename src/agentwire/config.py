@@ -43,6 +43,8 @@ class Config:
     quick_pool: int = 2  # warm workers kept for quick turns
     claude_bin: str | None = None  # the `claude` provider's CLI; None: the one claude-agent-sdk bundles
     agent_ttl: float = 900.0  # seconds an idle live agent process (and a warm quick worker) is kept
+    # Seconds a tool-permission request waits for a person's answer before it is denied.
+    permission_timeout: float = 600.0
     lease_seconds: float = 10.0  # turn ownership lease (shared journals)
     log_level: str = "info"
     # Who may reach the server (security.py): Host names beyond the loopback ones, browser origins
@@ -67,6 +69,8 @@ class Config:
             raise ConfigError("--workers must be at least 1")
         if self.agent_ttl <= 0:
             raise ConfigError("--agent-ttl must be a positive number of seconds")
+        if self.permission_timeout <= 0:
+            raise ConfigError("--permission-timeout must be a positive number of seconds")
         if self.claude_bin is not None and shutil.which(self.claude_bin) is None:
             raise ConfigError(f"--claude-bin: no program {self.claude_bin!r} (a path, or a name on PATH)")
         # Checked here, so `agentwire serve` says so in one line instead of a traceback from the app.
@@ -140,6 +144,7 @@ ENV = {
     "model": "AGENTWIRE_MODEL", "cli_command": "AGENTWIRE_CLI_COMMAND", "log_level": "AGENTWIRE_LOG_LEVEL",
     "lease_seconds": "AGENTWIRE_LEASE_SECONDS", "buffer_limit": "AGENTWIRE_BUFFER_LIMIT",
     "claude_bin": "AGENTWIRE_CLAUDE_BIN", "agent_ttl": "AGENTWIRE_AGENT_TTL",
+    "permission_timeout": "AGENTWIRE_PERMISSION_TIMEOUT",
     "allowed_hosts": "AGENTWIRE_ALLOWED_HOSTS", "allowed_origins": "AGENTWIRE_ALLOWED_ORIGINS",
     "trust_forwarded": "AGENTWIRE_TRUST_FORWARDED", "allow_session_command": "AGENTWIRE_ALLOW_SESSION_COMMAND",
 }

@@ -10,7 +10,10 @@ shape a REST body gets; JSON is parsed as strictly as request bodies are):
   over `from` (seq >= N); neither: the stream's default start (console from its first event,
   `tasks` from now). One subscription per stream per connection, `config.max_subscriptions` in all.
 - `{"op": "unsubscribe", "stream"}`; `{"op": "send", "session", "message", "lane"?, "if_busy"?}`
-  (ack: `turn`, `first_seq` of its first event); `{"op": "cancel", "session", "turn"?}`; `{"op": "ping"}`.
+  (ack: `turn`, `first_seq` of its first event); `{"op": "cancel", "session", "turn"?}`; `{"op": "ping"}`;
+  `{"op": "decide", "session", "request_id", "decision": "allow"|"deny", "message"?, "remember"?}`
+  answers a tool-permission request as `POST /api/konsole/{s}/permissions/{id}` does (ack: the
+  `permission.decided` data with `first_seq`, its seq; 404/409 as errors).
 
 Server → client, one text frame each: a journaled event is its envelope exactly as stored (it
 carries `stream` and `seq`); per subscription `stream.open` and, when the position cannot be served,
@@ -152,7 +155,7 @@ class _Connection:
         self.subscriptions: dict[str, Subscription] = {}
         self.ops: dict[str, Callable[[JSON], Awaitable[JSON]]] = {
             "subscribe": self._subscribe, "unsubscribe": self._unsubscribe, "send": self._send,
-            "cancel": self._cancel, "ping": self._ping,
+            "cancel": self._cancel, "ping": self._ping, "decide": self._decide,
         }
 
     async def run(self, receive: Receive, send: Send) -> None:
@@ -302,6 +305,13 @@ class _Connection:
         frame = _parse(CancelFrame, request)
         return await self._finish(self.console.cancel(frame.session, frame.turn), "ws cancel")
 
+    async def _decide(self, request: JSON) -> JSON:
+        frame = _parse(DecideFrame, request)
+        decided = await self._finish(self.console.decide(frame.session, frame.request_id, frame.decision,
+                                                         frame.message, frame.remember), "ws decide")
+        decided["first_seq"] = decided.pop("seq")  # an ack must never look like an event (see _send)
+        return decided
+
     async def _ping(self, request: JSON) -> JSON:
         _parse(_Frame, request)
         return {}
@@ -352,6 +362,14 @@ class SendFrame(_Frame):
 class CancelFrame(_Frame):
     session: Name
     turn: Name | None = None
+
+
+class DecideFrame(_Frame):
+    session: Name
+    request_id: Name
+    decision: Literal["allow", "deny"]
+    message: Annotated[str, Field(max_length=2000)] = ""
+    remember: bool = False
 
 
 Frame = TypeVar("Frame", bound=_Frame)

@@ -29,6 +29,31 @@ class CancelIn(BaseModel):
     turn: Annotated[str, Field(max_length=100)] | None = None
 
 
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["allow", "deny"]
+    message: Annotated[str, Field(max_length=2000)] = ""  # for the agent: why (a deny) or what to mind
+    remember: bool = False  # with allow: allow this tool (a Bash command: its prefix) for the session
+
+
+class RuleOut(BaseModel):
+    tool: str
+    prefix: str | None = None
+
+
+class DecisionOut(BaseModel):
+    """The `permission.decided` event's data, and where it was stored."""
+
+    session: str
+    request_id: str
+    decision: Literal["allow", "deny"]
+    by: str
+    message: str
+    remember: bool | None = None
+    rule: RuleOut | None = None
+    seq: int
+
+
 def router(console_of: Callable[[Request], Console]) -> APIRouter:
     api = APIRouter(prefix="/api/konsole", tags=["console"])
 
@@ -99,5 +124,12 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
     @api.post("/{session}/cancel", responses=errors(404, 409))
     async def cancel(request: Request, session: str, body: Annotated[CancelIn | None, Body()] = None) -> JSON:
         return await console_of(request).cancel(session, body.turn if body else None)
+
+    @api.post("/{session}/permissions/{request_id}", response_model=DecisionOut, response_model_exclude_none=True,
+              responses=errors(404, 409))
+    async def decide(request: Request, session: str, request_id: str, body: DecisionIn) -> JSON:
+        """Answer a tool-permission request (`permission.requested`) from any node: 404 for an id the
+        session never asked, 409 once it is answered (or its turn is over)."""
+        return await console_of(request).decide(session, request_id, body.decision, body.message, body.remember)
 
     return api

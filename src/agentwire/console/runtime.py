@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agentwire.background import TaskSet
 from agentwire.config import Config
 from agentwire.console.agents import LiveAgents
+from agentwire.console.permissions import Permissions
 from agentwire.console.pool import WarmPool
 from agentwire.console.tools import Tools
 from agentwire.console.transcript import Transcript
@@ -57,6 +58,7 @@ class SessionOptions(BaseModel):
     # scripted: bool; anthropic: true, a token budget or "adaptive"; gemini: false turns thoughts off
     thinking: bool | Annotated[int, Field(ge=1024, le=200_000)] | Literal["adaptive"] | None = None
     fail_at: Annotated[int, Field(ge=0)] | None = None
+    ask_permission: bool | None = None  # scripted: ask to write a note first (a permission request)
     command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)] | None = None
     # The working directory of an agent that runs tools (Claude Code, Codex, Gemini CLI); must exist.
     cwd: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
@@ -115,6 +117,7 @@ class Console:
         self.pool = WarmPool(config.quick_pool, ttl=config.agent_ttl)
         self.agents = LiveAgents(config.agent_ttl)
         self.node = new_id("node")
+        self.permissions = Permissions(hub, self.view, self.node, config.permission_timeout)
         self._lanes: dict[str, _Lanes] = {}
         self._views: dict[str, Transcript] = {}
         # Session documents never change once created, so one read per process is enough.
@@ -136,7 +139,7 @@ class Console:
         """Server shutdown: running turns end as interrupted (their events still reach the journal)."""
         for lanes in self._lanes.values():
             for turn in lanes.running.values():
-                turn.cancel_reason = "interrupted"
+                turn.cancel("interrupted")
             lanes.queue.clear()
         await self.tasks.close(timeout=CLOSE_TIMEOUT)
         await asyncio.gather(self.pool.close(), self.agents.close())
@@ -248,7 +251,8 @@ class Console:
         for session in sessions:
             view = await self.view(session["name"])
             listed.append({**session, "agent_state": view.state.get("agent_state", "idle"),
-                           "head": view.seq, "open_turns": len(view.open_turns())})
+                           "head": view.seq, "open_turns": len(view.open_turns()),
+                           "pending_permissions": len(view.pending_permissions())})
         return listed
 
     def _fold_live(self, event: Event) -> None:
@@ -278,6 +282,7 @@ class Console:
             **view.state, "session": name, "todos": view.todos, "usage": view.usage, "agent": view.agent,
             "running": [_turn_json(t) for t in view.open_turns() if t.status == "running"],
             "queued": [_turn_json(t) for t in view.open_turns() if t.status == "queued"],
+            "permissions": view.pending_permissions(),
             "local_queue": [t.id for t in lanes.queue], "epoch": position.epoch, "head": position.head,
         }
 
@@ -443,11 +448,18 @@ class Console:
                                          lane=turn.lane, doc=Doc("turn", turn.id, None)))
             await self.hub.journal.release("turn:" + turn.id, self.node)
             return {"turn": turn.id, "status": "cancelled"}
-        turn.cancel_reason = reason
+        turn.cancel(reason)
         task = lanes.tasks.get(turn.id)
         if task is not None:
             task.cancel()
         return {"turn": turn.id, "status": "cancelling"}
+
+    async def decide(self, name: str, request_id: str, decision: str, message: str = "",
+                     remember: bool = False) -> JSON:
+        """A person's answer to a permission request (from any node): `permission.decided`."""
+        await self.session(name)
+        return await self.permissions.settle(name, request_id, decision, by="user", message=message,
+                                             remember=remember)
 
     async def _on_choose(self, session: str, value: str) -> JSON:
         turn = await self.submit(session, value, "main", "queue")

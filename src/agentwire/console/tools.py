@@ -1,16 +1,17 @@
-"""Built-in tools the agent loop offers a model: todo_write, task_create, task_update. More can be
-registered with `Tools.register`."""
+"""Built-in tools the agent loop offers a model: todo_write, and the board tools task_create and
+task_update (`board_tools.py`, the same the MCP servers serve). More can be registered with
+`Tools.register`."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
 from pydantic import ValidationError
 
+from agentwire.board_tools import BOARD_TOOLS, run_board_tool
 from agentwire.providers import ToolOutcome, ToolSpec
-from agentwire.tasks import Board, TaskIn, TaskPatch
+from agentwire.tasks import Board
 from agentwire.types import JSON, AgentwireError
 
 
@@ -21,9 +22,11 @@ class ToolCall:
     session: str
     turn_id: str
     publish_todos: Callable[[list[JSON]], Awaitable[None]]
+    agent: str = "agent"  # who calls: the card's `createdBy`
 
 
-ToolFn = Callable[[ToolCall, JSON], Awaitable[str]]
+# A tool's result text, or its whole outcome when it reports errors itself.
+ToolFn = Callable[[ToolCall, JSON], Awaitable[str | ToolOutcome]]
 
 _TODO_SCHEMA: JSON = {
     "type": "object",
@@ -35,29 +38,14 @@ _TODO_SCHEMA: JSON = {
         "required": ["content", "status"]}}},
     "required": ["todos"],
 }
-_TASK_PROPERTIES: JSON = {
-    "title": {"type": "string"}, "description": {"type": "string"},
-    "status": {"type": "string", "enum": ["pending", "in_progress", "completed", "failed", "cancelled"]},
-    "tags": {"type": "array", "items": {"type": "string"}},
-    "output": {"type": "string", "description": "HTML report shown on the card (sanitized)"},
-    "choices": {"type": "array", "items": {"type": "object", "properties": {
-        "label": {"type": "string"}, "value": {"type": "string"}, "primary": {"type": "boolean"}},
-        "required": ["label", "value"]}},
-}
-
-
 class Tools:
     def __init__(self, board: Board) -> None:
         self.board = board
         self._tools: dict[str, tuple[ToolSpec, ToolFn]] = {}
         self.register(ToolSpec("todo_write", "Replace the turn's todo list (shown to the user live).",
                                _TODO_SCHEMA), self._todo_write)
-        self.register(ToolSpec("task_create", "Publish a task card on the user's board.",
-                               {"type": "object", "properties": _TASK_PROPERTIES, "required": ["title"]}),
-                      self._task_create)
-        self.register(ToolSpec("task_update", "Change a task card you published.",
-                               {"type": "object", "properties": {"id": {"type": "string"}, **_TASK_PROPERTIES},
-                                "required": ["id"]}), self._task_update)
+        for spec in BOARD_TOOLS:
+            self.register(spec, self._board_tool(spec.name))
 
     def register(self, spec: ToolSpec, fn: ToolFn) -> None:
         self._tools[spec.name] = (spec, fn)
@@ -71,7 +59,8 @@ class Tools:
         if found is None:
             return ToolOutcome(f"unknown tool {name!r}", is_error=True)
         try:
-            return ToolOutcome(await found[1](call, input))
+            result = await found[1](call, input)
+            return result if isinstance(result, ToolOutcome) else ToolOutcome(result)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "input"
@@ -89,18 +78,8 @@ class Tools:
         done = sum(1 for t in cleaned if t["status"] == "completed")
         return f"todo list updated: {done}/{len(cleaned)} completed"
 
-    async def _task_create(self, call: ToolCall, input: JSON) -> str:
-        body = {k: v for k, v in input.items() if k in ("title", "description", "status", "tags")}
-        context = {k: input[k] for k in ("output", "choices") if k in input}
-        task = await self.board.create(TaskIn.model_validate({**body, "session": call.session,
-                                                              "context": context}), created_by="agent")
-        return orjson.dumps({"id": task["id"], "status": task["status"]}).decode()
+    def _board_tool(self, name: str) -> ToolFn:
+        async def run(call: ToolCall, input: JSON) -> ToolOutcome:
+            return await run_board_tool(self.board, name, input, session=call.session, agent=call.agent)
 
-    async def _task_update(self, call: ToolCall, input: JSON) -> str:
-        task_id = str(input.get("id", ""))
-        patch = {k: v for k, v in input.items() if k in ("title", "description", "status", "tags")}
-        context = {k: input[k] for k in ("output", "choices") if k in input}
-        if context:
-            patch["context"] = context
-        task = await self.board.update(task_id, TaskPatch.model_validate(patch))
-        return orjson.dumps({"id": task["id"], "status": task["status"]}).decode()
+        return run

@@ -14,6 +14,7 @@ from agentwire.providers import Message
 from agentwire.types import JSON, Event
 
 TERMINAL = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
+PERMISSION_FIELDS = ("request_id", "tool", "input", "call_id", "title", "expires_at", "rule")
 _BLOCK_KINDS = {"text.delta": "text", "text.done": "text", "thinking.delta": "thinking", "thinking.done": "thinking"}
 
 
@@ -43,6 +44,10 @@ class Transcript:
                                                  "outstanding_tool_calls": []})
     agent: JSON = field(default_factory=dict)  # the latest `agent.info`: what runs this session's turns
     lane_todos: dict[str, list[JSON]] = field(default_factory=dict)  # each lane's latest todo list
+    # Tool-permission requests by id (their entries: status "pending", "allowed", "denied" or, for a
+    # request whose turn ended without an answer, "ended"), and the rules "always allow" made.
+    permissions: dict[str, JSON] = field(default_factory=dict)
+    rules: list[JSON] = field(default_factory=list)
     _blocks: dict[tuple[str, str, int], JSON] = field(default_factory=dict)
     _tools: dict[str, JSON] = field(default_factory=dict)
 
@@ -98,6 +103,20 @@ class Transcript:
                 self.entries.append(entry)
             entry.update(output=data.get("output"), is_error=bool(data.get("is_error")),
                          duration_ms=data.get("duration_ms"), done=True, seq=seq)
+        elif kind == "permission.requested":
+            entry = {**base, "role": "assistant", "kind": "permission", "status": "pending",
+                     **{k: data[k] for k in PERMISSION_FIELDS if k in data}}
+            self.permissions[str(data.get("request_id"))] = entry
+            self.entries.append(entry)
+        elif kind == "permission.decided":
+            entry = self.permissions.get(str(data.get("request_id")))
+            if entry is not None:
+                entry.update(status="allowed" if data.get("decision") == "allow" else "denied",
+                             by=data.get("by"), message=data.get("message", ""), seq=seq)
+                if data.get("remember"):
+                    entry["remember"] = True
+            if data.get("rule"):
+                self.rules.append(dict(data["rule"]))
         elif kind == "todo.updated":
             self.todos = self.lane_todos[lane] = list(data.get("todos", []))
         elif kind == "agent.info":
@@ -115,6 +134,9 @@ class Transcript:
                 self.usage[name] = self.usage.get(name, 0) + int(usage.get(name, 0) or 0)
             if usage.get("cost_usd") is not None:
                 self.usage["cost_usd"] = round(self.usage.get("cost_usd", 0.0) + float(usage["cost_usd"]), 6)
+            for request in self.permissions.values():
+                if request["turn"] == turn and request["status"] == "pending":
+                    request["status"] = "ended"  # its node died: nobody can answer it now
             self.entries.append({**base, "role": "system", "kind": kind, **_end_fields(data)})
             if not any(t.status in ("running", "queued") for t in self.turns.values()):
                 self.state = {"agent_state": "idle", "outstanding_llm_calls": 0, "outstanding_tool_calls": []}
@@ -133,6 +155,9 @@ class Transcript:
                 else:
                     messages.append(Message("assistant", entry["text"]))
         return messages
+
+    def pending_permissions(self) -> list[JSON]:
+        return [request for request in self.permissions.values() if request["status"] == "pending"]
 
     def open_turns(self) -> list[TurnSummary]:
         return [t for t in self.turns.values() if t.status in ("queued", "running")]

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from agentwire.console.timing import TurnClock
 from agentwire.console.tools import ToolCall
-from agentwire.hub import Hub
-from agentwire.providers import Message, ToolOutcome, ToolSpec, Usage
+from agentwire.hub import Hub, Outbox
+from agentwire.providers import Message, Permission, ToolOutcome, ToolSpec, Usage
 from agentwire.types import JSON, KONSOLE_PREFIX, Append, Doc, Event
 
 if TYPE_CHECKING:
@@ -33,10 +33,19 @@ class Turn:
     # Who asked, recorded on the turn's first event (e.g. {"protocol": "ag-ui", "run_id": …}), so a
     # protocol view can tell its own runs apart when a client resumes one.
     origin: JSON | None = None
+    # Its permission requests still waiting for an answer, and where their answers arrive (a
+    # cancel wakes those, so an agent waiting in a task of its own hears of it at once).
+    asked: set[str] = field(default_factory=set, repr=False)
+    waiting: set[Outbox] = field(default_factory=set, repr=False)
 
     @property
     def stream(self) -> str:
         return KONSOLE_PREFIX + self.session
+
+    def cancel(self, reason: str) -> None:
+        self.cancel_reason = reason
+        for waiting in tuple(self.waiting):
+            waiting.put(b"")
 
 
 class _EventWriter:
@@ -123,6 +132,9 @@ class TurnRunner:
         self._tool_started: dict[str, float] = {}
         self._tool_parents: dict[str, str] = {}
         self._writer = _EventWriter(console.hub)
+        self._asking = 0  # permission requests waiting for an answer
+        self._finishing = False
+        self._before_asking = ""
 
     async def emit(self, type: str, data: JSON) -> None:
         await self._writer.put(Append(self.turn.stream, type, data, turn=self.turn.id, lane=self.turn.lane))
@@ -206,6 +218,28 @@ class TurnRunner:
         await self.tool_result(call_id, outcome.output, outcome.is_error, (time.monotonic() - started) * 1000)
         return outcome
 
+    async def ask_permission(self, tool: str, input: JSON, *, call_id: str | None = None,
+                             title: str | None = None) -> Permission:
+        if self._finishing:  # a late request after the turn's end: nobody could see it
+            return Permission(False, "the turn has ended", by="turn_end")
+        permissions = self.console.permissions
+        self._asking += 1
+        if self._asking == 1:
+            self._before_asking = self._agent_state
+            await self._set_state("waiting_for_permission")
+        try:
+            # Everything the turn said before the request is stored before it.
+            await self._writer.flush()
+            return await permissions.ask(self.turn, tool, input, call_id=call_id, title=title)
+        finally:
+            self._asking -= 1
+            if not self._asking and not self._finishing:
+                self._agent_state = ""
+                await self._set_state(self._before_asking or "working")
+
+    async def board_tool(self, name: str, input: JSON, agent: str) -> ToolOutcome:
+        return await self.console.tools.run(ToolCall(self.turn.session, self.turn.id, self.todos, agent), name, input)
+
     async def todos(self, todos: list[JSON]) -> None:
         self.todo_list = [dict(item) for item in todos]
         await self.emit("todo.updated", {"todos": todos})
@@ -222,12 +256,16 @@ class TurnRunner:
     async def finish(self, type: str, data: JSON) -> Event:
         """The turn's last events: the agent is idle again, then the terminal event (closing its doc).
         Everything the turn emitted is stored before the terminal event is appended."""
+        self._finishing = True
         self._llm_calls = 0
         self._tool_calls.clear()
         self._agent_state = ""
         try:
             await self._set_state("idle")
             await self._writer.flush()
+            # What the turn still asks is denied before it ends (a cancel, a failure mid-request).
+            await self.console.permissions.settle_turn(self.turn, "cancel" if type == "turn.cancelled"
+                                                       else "turn_end")
         finally:
             await self._writer.close()
         return await self.console.hub.append(Append(

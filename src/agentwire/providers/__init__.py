@@ -38,6 +38,17 @@ class ToolOutcome:
     is_error: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """A person's answer to an agent's request to use a tool (`TurnIO.ask_permission`)."""
+
+    allowed: bool
+    message: str = ""  # why it was denied, for the agent to read
+    by: str = "user"  # "user", "rule" (allowed for the session earlier), "timeout", "cancel", "turn_end"
+    # The turn is being cancelled: an agent that can stop at once (Claude Code) should.
+    interrupt: bool = False
+
+
 @dataclass(slots=True)
 class Message:
     """One entry of the context a provider sends to its model: a user or assistant text."""
@@ -125,6 +136,20 @@ class TurnIO(Protocol):
 
     async def state(self, agent_state: str, **extra: Any) -> None:
         """An agent-state change worth showing (e.g. "rate_limited" with `retry_in_s`)."""
+        ...
+
+    async def ask_permission(self, tool: str, input: JSON, *, call_id: str | None = None,
+                             title: str | None = None) -> Permission:
+        """Ask the person whether the agent may run `tool` with `input`, and wait for the answer:
+        journaled as `permission.requested`, answered by `POST …/permissions/{id}` or the WebSocket
+        op `decide` on any node (`permission.decided`). A tool (or Bash command prefix) the person
+        allowed for the session earlier is allowed at once; no answer in time is a deny."""
+        ...
+
+    async def board_tool(self, name: str, input: JSON, agent: str) -> ToolOutcome:
+        """Run one of agentwire's board tools (`task_create`, `task_update`) for an agent that calls
+        it itself over MCP: the card belongs to this session and is `createdBy` `agent`. No events:
+        the agent reports its own call."""
         ...
 
     async def remember(self, agent: JSON) -> None:

@@ -2,13 +2,16 @@
 text in many deltas, a tool call or two, a task card with HTML output and choices).
 
 Session options set its size and speed so tests and benchmarks can make long, slow or failing
-turns: `deltas`, `delay_ms`, `tool_calls`, `thinking`, `fail_at` (the delta index that fails).
+turns: `deltas`, `delay_ms`, `tool_calls`, `thinking`, `fail_at` (the delta index that fails);
+`ask_permission` makes it ask to write a note first (a `Write` it only pretends to run), so the
+dashboard's permission card can be seen and tested without a CLI agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
+import re
 
 from agentwire.providers import ProviderError, TurnIO
 from agentwire.types import JSON
@@ -28,6 +31,7 @@ class ScriptedProvider:
         self.delay = float(options.get("delay_ms", 20)) / 1000
         self.tool_calls = int(options.get("tool_calls", 1))
         self.thinking = bool(options.get("thinking", True))
+        self.ask_permission = bool(options.get("ask_permission", False))
         fail_at = options.get("fail_at")
         self.fail_at = None if fail_at is None else int(fail_at)
 
@@ -37,6 +41,18 @@ class ScriptedProvider:
     async def _pause(self) -> None:
         # Always yield, even with no delay, so a zero-delay turn never starves other lanes.
         await asyncio.sleep(self.delay)
+
+    async def _write_note(self, io: TurnIO, topic: str) -> bool:
+        """Ask to write a note, as a coding agent asks before it edits a file; True if allowed."""
+        path = "notes/" + (re.sub(r"[^a-z0-9]+", "-", topic.lower())[:40].strip("-") or "note") + ".md"
+        input: JSON = {"file_path": path, "content": f"# {topic}\n\nWhat I looked up, and what is next.\n"}
+        await io.tool_call("call_write_1", "Write", input)
+        answer = await io.ask_permission("Write", input, call_id="call_write_1", title=f"Write {path}")
+        if answer.allowed:
+            await io.tool_result("call_write_1", f"wrote {path} (the scripted agent only pretends)")
+        else:
+            await io.tool_result("call_write_1", answer.message or "permission denied", is_error=True)
+        return answer.allowed
 
     async def run(self, io: TurnIO) -> None:
         topic = " ".join(io.message.split()[:8]) or "your request"
@@ -54,6 +70,7 @@ class ScriptedProvider:
                 {"content": "Write the answer", "status": "pending", "activeForm": "Writing the answer"},
             ]
             await io.run_tool("call_todo_1", "todo_write", {"todos": todos})
+        noted = await self._write_note(io, topic) if self.ask_permission else None
         for index in range(self.tool_calls):
             call_id = f"call_lookup_{index + 1}"
             await io.tool_call(call_id, "lookup", {"query": topic, "page": index + 1})
@@ -85,7 +102,8 @@ class ScriptedProvider:
             })
             todos[2]["status"] = "completed"
             await io.run_tool("call_todo_3", "todo_write", {"todos": todos})
-            closing = "Done: the card on the board has the details."
+            closing = "Done: the card on the board has the details." + (
+                " I did not write the note: permission was denied." if noted is False else "")
             for part in _chunks(closing, 3):
                 await io.text(1, part)
                 await self._pause()
