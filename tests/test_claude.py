@@ -25,44 +25,18 @@ from tests.support import claude_code as cc
 from tests.support.browser import Dashboard, launch, new_context
 from tests.support.redis_server import shared_redis_server
 from tests.support.server import ServerProcess, free_port, running_app
-from tests.support.turns import create_session, run_turn, wait_for
+from tests.support.turns import run_turn, wait_for
 
 JSON = dict[str, Any]
 
 
-class Env:
-    def __init__(self, server: fake.FakeLLMServer, home: Path, root: Path) -> None:
-        self.fake = server
-        self.home = home
-        self.root = root
-        self.url = ""
-
-    def session(self, name: str, **body: Any) -> Path:
-        """A session working in a directory of its own (so its processes can be told apart)."""
-        cwd = self.root / name
-        cwd.mkdir()
-        create_session(self.url, name, provider="claude", model=cc.MODEL, options={"cwd": str(cwd)}, **body)
-        return cwd
-
-    def seen(self) -> int:
-        return len(self.fake.requests)
-
-    def bodies(self, since: int) -> list[JSON]:
-        return [r.json for r in self.fake.requests[since:]]
+Env = cc.Env
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("claude")
-    home = cc.make_home(root / "home")
-    with fake.FakeLLMServer() as server, cc.patched_env(cc.claude_env(server, home)):
-        state = Env(server, home, root)
-        with running_app(Config(port=free_port(), journal=f"sqlite:///{root}/journal.db", no_auth=True,
-                                provider="claude", model=cc.MODEL, quick_pool=1)) as (url, _):
-            state.url = url
-            yield state
-        # Shutting down stops every agent and everything they started (warm quick workers too).
-        wait_for(lambda: not cc.processes(home), timeout=10)
+    with cc.claude_server(tmp_path_factory.mktemp("claude"), quick_pool=1) as state:
+        yield state
 
 
 @pytest.fixture(autouse=True)
@@ -284,20 +258,6 @@ def test_an_api_error_shows_once_as_the_failed_turn(env: Env) -> None:
     assert of(events, "text.delta") == of(events, "text.done") == []
     messages = httpx.get(f"{env.url}/api/konsole/apierror/messages", timeout=10).json()["messages"]
     assert sum("Invalid API key" in str(entry) for entry in messages) == 1
-
-
-def test_permission_denials_are_part_of_the_completed_turn(env: Env) -> None:
-    cwd = env.session("denied")
-    target = str(cwd / "notes.txt")
-    env.fake.enqueue(fake.tool_call("Write", {"file_path": target, "content": "hi"}), fake.text("I may not write."))
-    events = run_turn(env.url, "denied", "Write a note")
-    assert events[-1]["type"] == "turn.completed"
-    (call,) = of(events, "tool.call")
-    assert events[-1]["data"]["permission_denials"] == [
-        {"tool": "Write", "call_id": call["call_id"], "input": {"file_path": target, "content": "hi"}}]
-    assert not os.path.exists(target)
-    entries = httpx.get(f"{env.url}/api/konsole/denied/messages", timeout=10).json()["messages"]
-    assert entries[-1]["permission_denials"][0]["tool"] == "Write"
 
 
 def test_a_subagents_tool_calls_name_their_parent(env: Env) -> None:

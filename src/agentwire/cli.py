@@ -1,4 +1,4 @@
-"""`agentwire serve | chat | tail`."""
+"""`agentwire serve | chat | tail | mcp`."""
 
 from __future__ import annotations
 
@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from", dest="from_", type=int, default=None, help="first seq to show")
     tail.add_argument("--raw", action="store_true", help="print the JSON envelopes")
     _client_args(tail)
+    mcp = sub.add_parser("mcp", help="an MCP server on stdio with the board tools (task_create, task_update), "
+                                     "for an agent to publish cards to a session of this server")
+    mcp.add_argument("--session", default=os.environ.get("AGENTWIRE_SESSION"),
+                     help="the session the cards belong to (AGENTWIRE_SESSION); a chosen answer goes there")
+    mcp.add_argument("--agent", default=os.environ.get("AGENTWIRE_AGENT", "agent"),
+                     help="the name cards show as their author, createdBy (AGENTWIRE_AGENT; default: agent)")
+    _client_args(mcp)
     return parser
 
 
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(config)
     if args.command == "chat":
         return asyncio.run(chat_command(args.url, args.token, args.session, args.message, args.quick))
+    if args.command == "mcp":
+        return mcp_command(args.url, args.token, args.session, args.agent)
     return asyncio.run(tail_command(args.url, args.token, args.stream, args.from_, args.raw))
 
 
@@ -118,6 +127,12 @@ def _print_event(envelope: JSON, out: Any) -> None:
     elif kind == "tool.result":
         mark = "✗" if data.get("is_error") else "✓"
         out.write(f"\x1b[36m  {mark} {str(data.get('output'))[:200]}\x1b[0m\n")
+    elif kind == "permission.requested":
+        what = data.get("title") or f"{data.get('tool')}({orjson.dumps(data.get('input')).decode()[:160]})"
+        out.write(f"\x1b[33m? the agent asks to use {what}: answer in the dashboard "
+                  f"(request {data.get('request_id')})\x1b[0m\n")
+    elif kind == "permission.decided":
+        out.write(f"\x1b[33m  {data.get('decision')} ({data.get('by')})\x1b[0m\n")
     elif kind == "todo.updated":
         for todo in data.get("todos", []):
             box = {"completed": "[x]", "in_progress": "[~]"}.get(todo.get("status"), "[ ]")
@@ -150,6 +165,25 @@ async def chat_command(url: str, token: str | None, session: str, message: str, 
             print(f"agentwire chat: {exc}", file=sys.stderr)
             return 1
         return 0 if final == "turn.completed" else 1
+
+
+def mcp_command(url: str, token: str | None, session: str | None, agent: str) -> int:
+    from agentwire.console.runtime import check_session_name
+    from agentwire.types import AgentwireError
+
+    try:
+        if not session:
+            raise AgentwireError("--session (or AGENTWIRE_SESSION) names the session the cards belong to")
+        check_session_name(session)
+    except AgentwireError as exc:
+        print(f"agentwire mcp: {exc.message}", file=sys.stderr)
+        return 2
+    import anyio
+
+    from agentwire.mcp_server import serve_stdio
+
+    anyio.run(serve_stdio, url, token, session, agent)
+    return 0
 
 
 async def tail_command(url: str, token: str | None, stream: str, from_: int | None, raw: bool) -> int:

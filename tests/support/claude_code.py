@@ -8,21 +8,62 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import claude_agent_sdk
 import pytest
 
+from agentwire.config import Config
 from tests.fakes.llm_servers import FakeLLMServer
 from tests.support.procs import started_at, with_environ
+from tests.support.server import free_port, running_app
+from tests.support.turns import create_session, wait_for
 
-__all__ = ["BUNDLED", "MODEL", "SLEEP", "VERSION", "agents", "claude_env", "make_home", "patched_env", "processes",
-           "sleeping", "started_at", "user_texts"]
+__all__ = ["BUNDLED", "MODEL", "SLEEP", "VERSION", "Env", "agents", "claude_env", "claude_server", "make_home",
+           "patched_env", "processes", "sleeping", "started_at", "user_texts"]
 
 BUNDLED = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
 VERSION = (BUNDLED.parent / "claude.version").read_text().split()[0]  # "2.1.332 (Claude Code)"
 MODEL = "claude-sonnet-4-5"
 # A command Claude Code runs in the Bash tool for a long time (a bare `sleep 300` it refuses).
 SLEEP = "echo started && sleep 300 && echo slept"
+
+
+class Env:
+    """A server running the `claude` provider against the Anthropic fake, with a HOME of its own."""
+
+    def __init__(self, server: FakeLLMServer, home: Path, root: Path) -> None:
+        self.fake = server
+        self.home = home
+        self.root = root
+        self.url = ""
+
+    def session(self, name: str, **body: Any) -> Path:
+        """A session working in a directory of its own (so its processes can be told apart)."""
+        cwd = self.root / name
+        cwd.mkdir()
+        create_session(self.url, name, provider="claude", model=MODEL, options={"cwd": str(cwd)}, **body)
+        return cwd
+
+    def seen(self) -> int:
+        return len(self.fake.requests)
+
+    def bodies(self, since: int) -> list[dict[str, Any]]:
+        return [r.json for r in self.fake.requests[since:]]
+
+
+@contextmanager
+def claude_server(root: Path, **config: Any) -> Iterator[Env]:
+    """The fake, Claude Code's environment, and a server (SQLite journal in `root`) with `config`."""
+    home = make_home(root / "home")
+    with FakeLLMServer() as server, patched_env(claude_env(server, home)):
+        state = Env(server, home, root)
+        with running_app(Config(**{"port": free_port(), "journal": f"sqlite:///{root}/journal.db", "no_auth": True,
+                                   "provider": "claude", "model": MODEL, **config})) as (url, _):
+            state.url = url
+            yield state
+        # Shutting down stops every agent and everything they started (warm quick workers too).
+        wait_for(lambda: not processes(home), timeout=10)
 
 
 def claude_env(server: FakeLLMServer, home: Path) -> dict[str, str]:

@@ -22,6 +22,13 @@ process is broken: SIGINT to it, then SIGTERM/SIGKILL to every process carrying 
 
 The messages are mapped by `stream_json.StreamJsonTurn`, shared with the `cli` provider.
 
+Steering: a tool Claude Code may not run without asking (the user's settings decide which) comes to
+`can_use_tool`, which asks the person through the running turn (`io.ask_permission`: journaled, answered
+in the dashboard from any node) and answers Claude Code with the decision. The board tools are an
+in-process MCP server named `agentwire` (`mcp_server.sdk_server`), so Claude Code calls
+`mcp__agentwire__task_create`; they never ask for permission. The client outlives its turns, so both
+callbacks reach the turn through `self._io`, the turn running now.
+
 Where this steps outside the SDK, and why: stopping goes by the process tag, because the SDK's own
 close ends only the CLI (SIGTERM), and Claude Code leaves the tools it runs in sessions of their own
 running when it gets SIGTERM; and the SDK's typed messages are turned back into the stream-json lines
@@ -46,6 +53,9 @@ from claude_agent_sdk import (
     ClaudeSDKError,
     CLIConnectionError,
     Message,
+    PermissionResult,
+    PermissionResultAllow,
+    PermissionResultDeny,
     ResultMessage,
     ServerToolResultBlock,
     ServerToolUseBlock,
@@ -53,12 +63,14 @@ from claude_agent_sdk import (
     SystemMessage,
     TextBlock,
     ThinkingBlock,
+    ToolPermissionContext,
     ToolResultBlock,
     ToolUseBlock,
     UserMessage,
 )
 
-from agentwire.providers import ProviderError, TurnIO
+from agentwire.mcp_server import SERVER_NAME, TOOL_PREFIX, sdk_server
+from agentwire.providers import ProviderError, ToolOutcome, TurnIO
 from agentwire.providers.process import LINE_LIMIT, STDERR_LINES, TAG_VARIABLE, kill_tagged, new_tag, stop_agent
 from agentwire.providers.stream_json import StreamJsonTurn
 from agentwire.types import JSON
@@ -66,6 +78,7 @@ from agentwire.types import JSON
 log = logging.getLogger("agentwire.providers.claude")
 
 AGENT_NAME = "claude-code"  # its name in the session's agent record
+CARD_AUTHOR = "claude"  # the `createdBy` of the cards it publishes
 LABEL = "Claude Code"
 DEFAULT_MODEL = "default"  # the registry's placeholder: Claude Code's own default model (no --model)
 INTERRUPT_GRACE = 3.0  # seconds for Claude Code to end an interrupted turn with its result
@@ -95,6 +108,7 @@ class ClaudeProvider:
         self.model = model
         self.options = dict(options)
         self._live: _Live | None = None
+        self._io: TurnIO | None = None  # the turn running now: where permission requests and cards go
 
     async def warm(self) -> None:
         """Start Claude Code now, with no context, so a quick turn does not wait for it."""
@@ -115,6 +129,13 @@ class ClaudeProvider:
             await stop_agent(None, live.tag)  # what it left running (a background shell, say)
 
     async def run(self, io: TurnIO) -> None:
+        self._io = io
+        try:
+            await self._run(io)
+        finally:
+            self._io = None
+
+    async def _run(self, io: TurnIO) -> None:
         try:
             live = await self._send(await self._ready(io), io)
         except asyncio.CancelledError:  # the message may be on its way: this process's next output is not ours
@@ -216,7 +237,27 @@ class ClaudeProvider:
         return ClaudeAgentOptions(
             cli_path=self.options.get("claude_bin") or None, model=None if self.model == DEFAULT_MODEL else self.model,
             cwd=cwd, system_prompt=prompt, include_partial_messages=True, resume=resume,
-            env={TAG_VARIABLE: tag}, stderr=stderr.append, max_buffer_size=LINE_LIMIT)
+            env={TAG_VARIABLE: tag}, stderr=stderr.append, max_buffer_size=LINE_LIMIT,
+            can_use_tool=self._can_use_tool, mcp_servers={SERVER_NAME: sdk_server(self._board_tool)})
+
+    async def _can_use_tool(self, tool: str, input: dict[str, Any],
+                            context: ToolPermissionContext) -> PermissionResult:
+        if tool.startswith(TOOL_PREFIX):
+            return PermissionResultAllow()  # agentwire's own board tools never ask
+        io = self._io
+        if io is None:  # between turns nothing runs that could ask
+            return PermissionResultDeny(message="no agentwire turn is running")
+        title = context.title or " ".join(part for part in (context.display_name, context.description) if part)
+        answer = await io.ask_permission(tool, input, call_id=context.tool_use_id, title=title or None)
+        if answer.allowed:
+            return PermissionResultAllow()
+        return PermissionResultDeny(message=answer.message, interrupt=answer.interrupt)
+
+    async def _board_tool(self, name: str, input: dict[str, Any]) -> ToolOutcome:
+        io = self._io
+        if io is None:
+            return ToolOutcome("no agentwire turn is running", is_error=True)
+        return await io.board_tool(name, input, CARD_AUTHOR)
 
     async def _interrupt(self, live: _Live, turn: StreamJsonTurn) -> None:
         """Cancelled mid-turn: ask Claude Code to stop, keep the process if it does."""
