@@ -5,7 +5,10 @@ server `agentwire`. The dashboard side of both: tests/test_dashboard_steering.py
 
 from __future__ import annotations
 
+import os
 import queue
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from agentwire.config import Config
@@ -241,3 +245,30 @@ def test_task_create_over_mcp_puts_a_sanitized_card_on_the_board(env: Env) -> No
     messages = httpx.get(f"{env.url}/api/konsole/cards/messages", timeout=10).json()["messages"]
     assert [m["text"] for m in messages if m["turn"] == turn and m["kind"] == "message"] == ["Go with fix A"]
     assert "Go with fix A" in cc.user_texts(env.bodies(since)[0])
+
+
+def test_claude_code_outside_agentwire_publishes_through_agentwire_mcp(env: Env) -> None:
+    """The README's set-up: a project's `.mcp.json` starts `agentwire mcp` for a Claude Code that
+    agentwire does not run (here `claude -p` in a shell); its card lands in the named session."""
+    home = env.root / "outside-home"
+    (home / ".claude").mkdir(parents=True)
+    (home / ".claude" / "settings.json").write_text(orjson.dumps({
+        "permissions": {"allow": ["mcp__agentwire"]}, "enableAllProjectMcpServers": True}).decode())
+    project = env.root / "outside-project"
+    project.mkdir()
+    agentwire = str(Path(sys.executable).parent / "agentwire")
+    (project / ".mcp.json").write_text(orjson.dumps({"mcpServers": {"agentwire": {
+        "command": agentwire, "args": ["mcp", "--session", "outside", "--agent", "claude"],
+        "env": {"AGENTWIRE_URL": env.url}}}}).decode())
+    env.fake.enqueue(fake.tool_call("mcp__agentwire__task_create", {
+        "title": "Tests pass", "output": "<p>All green<img src=x onerror=alert(1)></p>",
+        "choices": [{"label": "Ship it", "value": "Ship it"}]}), fake.text("Published."))
+    done = subprocess.run([str(cc.BUNDLED), "-p", "Publish the result", "--model", cc.MODEL, "--output-format", "json"],
+                          cwd=project, env={**os.environ, "HOME": str(home)}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = orjson.loads(done.stdout)
+    assert result["result"] == "Published." and result["permission_denials"] == []
+    (task,) = [t for t in httpx.get(f"{env.url}/api/tasks", timeout=10).json()["tasks"] if t["session"] == "outside"]
+    assert (task["title"], task["createdBy"]) == ("Tests pass", "claude")
+    assert task["context"]["output"] == '<p>All green<img src="x"></p>'
