@@ -105,7 +105,7 @@ def test_a_deny_reaches_the_agent_with_its_message(server: Served, pool: ThreadP
     assert events[-1]["type"] == "turn.completed"
     result = next(d for d in of(events, "tool.result") if d["call_id"] == "call_write_1")
     assert result == {**result, "is_error": True, "output": "Not in that folder"}
-    assert "I did not write the note" in "".join(d["text"] for d in of(events, "text.done"))
+    assert "I left the note alone" in "".join(d["text"] for d in of(events, "text.done"))
 
 
 def test_answers_that_cannot_be_taken(server: Served, pool: ThreadPoolExecutor) -> None:

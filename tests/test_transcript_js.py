@@ -27,7 +27,8 @@ JSON = dict[str, Any]
 JS_FOLD = """
     const { Transcript } = await import('./transcript.js');
     const view = (fold) => ({ seq: fold.seq, entries: fold.entries, todos: fold.todos, usage: fold.usage,
-                              state: fold.state, agent: fold.agent, turns: [...fold.turns.values()] });
+                              state: fold.state, agent: fold.agent, turns: [...fold.turns.values()],
+                              rules: fold.rules, pending: fold.pendingPermissions().map((p) => p.request_id) });
     const live = new Transcript();
     for (const envelope of input.events) {
         live.apply(envelope);
@@ -82,7 +83,8 @@ def _python(events: list[JSON]) -> JSON:
         transcript.apply(event)  # a duplicate: ignored
     view = {"seq": transcript.seq, "entries": transcript.entries, "todos": transcript.todos,
             "usage": transcript.usage, "state": transcript.state, "agent": transcript.agent,
-            "turns": [vars(summary) for summary in transcript.turns.values()]}
+            "turns": [vars(summary) for summary in transcript.turns.values()], "rules": transcript.rules,
+            "pending": [request["request_id"] for request in transcript.pending_permissions()]}
     folded: JSON = orjson.loads(orjson.dumps(view))
     return folded
 
@@ -98,7 +100,8 @@ def _reloadable(view: JSON) -> JSON:
     entries = [{k: v for k, v in entry.items() if not (entry["kind"] == "todos" and k == "seq")}
                for entry in view["entries"]]
     turns = [{k: v for k, v in turn.items() if k not in ("provider", "model", "origin")} for turn in view["turns"]]
-    return {"entries": entries, "turns": turns, "todos": view["todos"], "usage": view["usage"], "agent": view["agent"]}
+    return {"entries": entries, "turns": turns, "todos": view["todos"], "usage": view["usage"], "agent": view["agent"],
+            "rules": view["rules"], "pending": view["pending"]}
 
 
 def test_the_dashboard_and_python_fold_recorded_turns_alike(server: Served) -> None:
@@ -162,10 +165,25 @@ ODD_SPEC: list[tuple[str, JSON, str, str]] = [
      "t1", "main"),
     ("turn.completed", {"usage": {"input_tokens": 5, "output_tokens": 7, "cost_usd": 0.0123},
                         "stop_reason": "end_turn"}, "t1", "main"),
+    ("permission.requested", {"request_id": "p1", "tool": "Bash", "input": {"command": "git status -s"},
+                              "turn": "t1", "expires_at": 1, "rule": {"tool": "Bash", "prefix": "git status"},
+                              "call_id": "c10", "title": "Run git status"}, "t1", "main"),
+    ("permission.decided", {"request_id": "p1", "decision": "allow", "by": "user", "message": "", "remember": True,
+                            "rule": {"tool": "Bash", "prefix": "git status"}}, "t1", "main"),
+    ("permission.requested", {"request_id": "p2", "tool": "Write", "input": {"file_path": "a", "content": ""},
+                              "turn": "t1", "expires_at": 2}, "t1", "main"),
+    ("permission.decided", {"request_id": "p2", "decision": "deny", "by": "timeout", "message": "too late"},
+     "t1", "main"),
+    ("permission.decided", {"request_id": "p-unknown", "decision": "deny", "by": "user"}, "t1", "main"),
     ("turn.started", {"message": "second", "provider": "claude", "model": "opus"}, "t2", "main"),
+    ("permission.requested", {"request_id": "p3", "tool": "Edit", "input": {"file_path": "b"}, "turn": "t2",
+                              "expires_at": 3}, "t2", "main"),
     ("turn.failed", {"error": "boom", "usage": {"output_tokens": 1, "cost_usd": 0.004},
                      "permission_denials": [{"tool_name": "Bash"}]}, "t2", "main"),
     ("turn.cancelled", {"reason": "never seen starting"}, "t3", "quick"),
+    ("turn.started", {"message": "third", "provider": "claude", "model": "opus"}, "t4", "quick"),
+    ("permission.requested", {"request_id": "p4", "tool": "Write", "input": {}, "turn": "t4", "expires_at": 4},
+     "t4", "quick"),
     ("text.delta", {"block": 0, "text": "late"}, "t9", "main"),
 ]
 ODD = [{"seq": seq, "stream": "konsole/s", "type": kind, "ts": 1_700_000_000_000 + seq, "turn": turn, "lane": lane,
@@ -174,9 +192,16 @@ ODD = [{"seq": seq, "stream": "konsole/s", "type": kind, "ts": 1_700_000_000_000
 
 def test_the_dashboard_and_python_fold_odd_streams_alike() -> None:
     python = _python(ODD)
-    snapshot = {"seq": python["seq"], "messages": python["entries"], "todos": python["todos"], "agent": python["agent"]}
+    snapshot = {"seq": python["seq"], "messages": python["entries"], "todos": python["todos"], "agent": python["agent"],
+                "rules": python["rules"]}
     js = run_module(JS_FOLD, {"events": ODD, "snapshot": snapshot})
     assert python["usage"] == {"input_tokens": 5, "output_tokens": 8, "cost_usd": 0.0163}
     assert python["turns"][0]["origin"] == {"view": "agui", "run": "r1"} and python["agent"]["provider"] == "claude"
     assert _without_todo_cards(js["live"]) == python
     assert _reloadable(js["reloaded"]) == _reloadable(js["live"])
+    # A request allowed for good, one denied at its deadline, one left when its turn failed, one waiting.
+    permissions = {e["request_id"]: (e["status"], e.get("by"), e.get("remember")) for e in python["entries"]
+                   if e["kind"] == "permission"}
+    assert permissions == {"p1": ("allowed", "user", True), "p2": ("denied", "timeout", None),
+                           "p3": ("ended", None, None), "p4": ("pending", None, None)}
+    assert python["rules"] == [{"tool": "Bash", "prefix": "git status"}] and python["pending"] == ["p4"]

@@ -119,7 +119,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
         await console.session(session)
         view = await console.view(session)
         return {"session": session, "seq": view.seq, "messages": view.entries, "todos": view.todos,
-                "agent": view.agent}
+                "agent": view.agent, "rules": view.rules}
 
     @api.post("/{session}/cancel", responses=errors(404, 409))
     async def cancel(request: Request, session: str, body: Annotated[CancelIn | None, Body()] = None) -> JSON:

@@ -58,7 +58,8 @@ class SessionOptions(BaseModel):
     # scripted: bool; anthropic: true, a token budget or "adaptive"; gemini: false turns thoughts off
     thinking: bool | Annotated[int, Field(ge=1024, le=200_000)] | Literal["adaptive"] | None = None
     fail_at: Annotated[int, Field(ge=0)] | None = None
-    ask_permission: bool | None = None  # scripted: ask to write a note first (a permission request)
+    # scripted: ask permission first, for a Write (true), or the tool named (a permission request)
+    ask_permission: bool | Literal["Write", "Edit", "Bash"] | None = None
     command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)] | None = None
     # The working directory of an agent that runs tools (Claude Code, Codex, Gemini CLI); must exist.
     cwd: Annotated[str, Field(min_length=1, max_length=4096)] | None = None

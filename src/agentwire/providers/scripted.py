@@ -3,8 +3,9 @@ text in many deltas, a tool call or two, a task card with HTML output and choice
 
 Session options set its size and speed so tests and benchmarks can make long, slow or failing
 turns: `deltas`, `delay_ms`, `tool_calls`, `thinking`, `fail_at` (the delta index that fails);
-`ask_permission` makes it ask to write a note first (a `Write` it only pretends to run), so the
-dashboard's permission card can be seen and tested without a CLI agent.
+`ask_permission` makes it ask permission first — to write a note (true or "Write"), edit it ("Edit")
+or run `git status` ("Bash"), tools it only pretends to run — so the dashboard's permission card can
+be seen and tested without a CLI agent.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class ScriptedProvider:
         self.delay = float(options.get("delay_ms", 20)) / 1000
         self.tool_calls = int(options.get("tool_calls", 1))
         self.thinking = bool(options.get("thinking", True))
-        self.ask_permission = bool(options.get("ask_permission", False))
+        ask = options.get("ask_permission") or None
+        self.ask_permission: str | None = "Write" if ask is True else ask
         fail_at = options.get("fail_at")
         self.fail_at = None if fail_at is None else int(fail_at)
 
@@ -42,16 +44,25 @@ class ScriptedProvider:
         # Always yield, even with no delay, so a zero-delay turn never starves other lanes.
         await asyncio.sleep(self.delay)
 
-    async def _write_note(self, io: TurnIO, topic: str) -> bool:
-        """Ask to write a note, as a coding agent asks before it edits a file; True if allowed."""
+    async def _ask(self, io: TurnIO, tool: str, topic: str) -> bool:
+        """Ask to use `tool` as a coding agent asks before it touches files; True if allowed."""
         path = "notes/" + (re.sub(r"[^a-z0-9]+", "-", topic.lower())[:40].strip("-") or "note") + ".md"
-        input: JSON = {"file_path": path, "content": f"# {topic}\n\nWhat I looked up, and what is next.\n"}
-        await io.tool_call("call_write_1", "Write", input)
-        answer = await io.ask_permission("Write", input, call_id="call_write_1", title=f"Write {path}")
+        inputs: dict[str, JSON] = {
+            "Write": {"file_path": path, "content": f"# {topic}\n\nWhat I looked up, and what is next.\n"},
+            "Edit": {"file_path": path, "old_string": "What I looked up, and what is next.",
+                     "new_string": "What I found, and what I would do next."},
+            "Bash": {"command": "git status --short", "description": "See what changed"},
+        }
+        results = {"Write": f"wrote {path}", "Edit": f"edited {path}", "Bash": f" M {path}"}
+        call_id = f"call_{tool.lower()}_1"
+        input = inputs[tool]
+        await io.tool_call(call_id, tool, input)
+        title = {"Bash": "Run git status --short"}.get(tool, f"{tool} {path}")
+        answer = await io.ask_permission(tool, input, call_id=call_id, title=title)
         if answer.allowed:
-            await io.tool_result("call_write_1", f"wrote {path} (the scripted agent only pretends)")
+            await io.tool_result(call_id, results[tool] + " (the scripted agent only pretends)")
         else:
-            await io.tool_result("call_write_1", answer.message or "permission denied", is_error=True)
+            await io.tool_result(call_id, answer.message or "permission denied", is_error=True)
         return answer.allowed
 
     async def run(self, io: TurnIO) -> None:
@@ -70,7 +81,7 @@ class ScriptedProvider:
                 {"content": "Write the answer", "status": "pending", "activeForm": "Writing the answer"},
             ]
             await io.run_tool("call_todo_1", "todo_write", {"todos": todos})
-        noted = await self._write_note(io, topic) if self.ask_permission else None
+        noted = await self._ask(io, self.ask_permission, topic) if self.ask_permission else None
         for index in range(self.tool_calls):
             call_id = f"call_lookup_{index + 1}"
             await io.tool_call(call_id, "lookup", {"query": topic, "page": index + 1})
@@ -103,7 +114,7 @@ class ScriptedProvider:
             todos[2]["status"] = "completed"
             await io.run_tool("call_todo_3", "todo_write", {"todos": todos})
             closing = "Done: the card on the board has the details." + (
-                " I did not write the note: permission was denied." if noted is False else "")
+                " I left the note alone: permission was denied." if noted is False else "")
             for part in _chunks(closing, 3):
                 await io.text(1, part)
                 await self._pause()

@@ -5,6 +5,7 @@ import { BoardView } from './board.js';
 import { ConsoleView } from './console.js';
 import { $, clear, h } from './dom.js';
 import { chosenTransport, describeStatus, Net } from './net.js';
+import { SHORTCUTS } from './permission.js';
 import { retry } from './retry.js';
 
 const metrics = {};
@@ -27,8 +28,16 @@ function toast(message, kind = 'info') {
   setTimeout(() => el.remove(), kind === 'error' ? 7000 : 3500);
 }
 
+// A text field with something typed in it keeps the focus; otherwise a new permission card takes it,
+// so its shortcuts (y, n, a) and Enter answer it at once. A message on its way counts as sent.
+function typing() {
+  const active = document.activeElement;
+  return Boolean(active && active.matches('input, textarea, select') && active.value && !active.dataset.sending);
+}
+
 const consoleView = new ConsoleView({
   net, metrics, onToast: toast, lanes: { main: $('#lane-main'), quick: $('#lane-quick') },
+  canFocus: () => !typing() && document.body.dataset.view === 'console',
 });
 const board = new BoardView({
   net, metrics, onToast: toast,
@@ -101,10 +110,17 @@ async function refreshSessions() {
   return refreshing;
 }
 
+// Permission requests waiting in a session: the open one's from its live fold, the others' from the list.
+function waitingIn(session) {
+  if (session.name === consoleView.session) return consoleView.pendingPermissions.length;
+  return Number(session.pending_permissions || 0);
+}
+
 function renderSessions() {
   clear(els.sessions).append(...sessions.map((s) => {
     const current = s.name === consoleView.session;
     const state = current ? (consoleView.fold.state.agent_state || 'idle') : (s.agent_state || 'idle');
+    const waiting = waitingIn(s);
     return h('li', {},
       h('a', {
         href: `#/s/${encodeURIComponent(s.name)}`, class: `session${current ? ' current' : ''}`,
@@ -112,9 +128,23 @@ function renderSessions() {
       },
       h('span', { class: `state-dot state-${state}`, title: state }),
       h('span', { class: 'session-name' }, s.name),
+      waiting ? h('span', {
+        class: 'permission-badge', title: `${waiting} permission ${waiting === 1 ? 'request waits' : 'requests wait'}`,
+      }, `⚠ ${waiting}`) : null,
       h('span', { class: 'session-model' }, [s.provider, s.model].filter(Boolean).join(' · ')),
       h('span', { class: 'session-state' }, state === 'idle' ? '' : state.replace(/_/g, ' '))));
   }));
+  updateTitle();
+}
+
+// The tab's title says when an agent waits for an answer, so a person in another tab notices.
+function updateTitle() {
+  const name = consoleView.session || '';
+  const state = consoleView.fold.state.agent_state || 'idle';
+  const listed = sessions.some((s) => s.name === name);
+  const waiting = sessions.reduce((sum, s) => sum + waitingIn(s), listed ? 0 : consoleView.pendingPermissions.length);
+  const mark = waiting ? `⚠ ${waiting} waiting · ` : state === 'idle' ? '' : '● ';
+  document.title = `${mark}${name} — agentwire`;
 }
 
 function sessionInfo(name) {
@@ -147,17 +177,29 @@ function updateHeader() {
   els.agentState.dataset.state = state;
   const open = consoleView.running;
   els.cancel.hidden = !open.some((t) => t.status === 'running');
-  document.title = `${state === 'idle' ? '' : '● '}${name} — agentwire`;
+  updateTitle();
 }
 
 let lastState = null;
+let lastWaiting = 0;
 consoleView.addEventListener('change', () => {
   updateHeader();
   const state = consoleView.fold.state.agent_state;
-  if (state !== lastState) {
+  const waiting = consoleView.pendingPermissions.length;
+  if (state !== lastState || waiting !== lastWaiting) {
     lastState = state;
+    lastWaiting = waiting;
     renderSessions();
   }
+});
+
+// y / n / a answer the oldest waiting permission request, unless a text field has the focus.
+document.addEventListener('keydown', (event) => {
+  const shortcut = SHORTCUTS[event.key];
+  if (!shortcut || event.ctrlKey || event.metaKey || event.altKey || event.isComposing || event.repeat) return;
+  if (document.body.dataset.view !== 'console') return;
+  if (event.target instanceof Element && event.target.closest('input, textarea, select, [contenteditable]')) return;
+  if (consoleView.answerFirst(shortcut)) event.preventDefault();
 });
 
 els.newSessionButton.addEventListener('click', () => {

@@ -5,19 +5,23 @@
 import * as api from './api.js';
 import { clear, h, timingView } from './dom.js';
 import { renderMarkdown } from './markdown.js';
+import { paintPermission } from './permission.js';
 import { retry } from './retry.js';
 import { Transcript } from './transcript.js';
 
 const STATE_LABELS = {
   idle: 'idle', starting: 'starting', waiting_for_model: 'waiting for model', thinking: 'thinking',
   writing: 'writing', running_tool: 'running tool', working: 'working', rate_limited: 'rate limited',
+  waiting_for_permission: 'waiting for your answer',
 };
 const AGENT_NAMES = { 'claude-code': 'Claude Code' };
 
 export class ConsoleView extends EventTarget {
-  constructor({ net, lanes, onToast, metrics }) {
+  // `canFocus()`: whether a new permission card may take the focus (nobody is typing elsewhere).
+  constructor({ net, lanes, onToast, metrics, canFocus }) {
     super();
     this.net = net;
+    this.canFocus = canFocus || (() => false);
     this.lanes = lanes; // { main: Element, quick: Element }
     this.toast = onToast;
     this.metrics = metrics;
@@ -150,6 +154,45 @@ export class ConsoleView extends EventTarget {
     return [name, agent.model, agent.cwd].filter(Boolean).join(' · ');
   }
 
+  // permission requests
+
+  get pendingPermissions() {
+    return this.fold.pendingPermissions();
+  }
+
+  // Answer one request from its card (or a shortcut); its card shows the outcome once the
+  // `permission.decided` event arrives, whoever answered first.
+  async answer(entry, decision, remember = false) {
+    const view = this.views.get(entry);
+    if (!view || view.busy || entry.status !== 'pending') return;
+    view.busy = true;
+    this.paint(entry, view);
+    try {
+      await this.decide(entry.request_id, decision, remember);
+    } catch (error) {
+      this.toast(error.status === 409 || error.code === 'permission_settled'
+        ? `Already answered: ${error.message}` : `Not answered (${error.message})`, 'error');
+    } finally {
+      view.busy = false;
+      if (this.views.get(entry) === view) this.paint(entry, view);
+    }
+  }
+
+  // The oldest waiting request, answered as a keyboard shortcut says; false if none waits.
+  answerFirst({ decision, remember }) {
+    const entry = this.pendingPermissions.find((request) => !this.views.get(request)?.busy);
+    if (!entry) return false;
+    this.answer(entry, decision, remember);
+    return true;
+  }
+
+  decide(requestId, decision, remember) {
+    const body = remember ? { decision, remember: true } : { decision };
+    const ws = this.net.ws;
+    if (ws) return ws.send({ op: 'decide', session: this.session, request_id: requestId, ...body });
+    return api.post(api.sessionPath(this.session, `/permissions/${encodeURIComponent(requestId)}`), body);
+  }
+
   // rendering
 
   turnView(entry) {
@@ -185,6 +228,9 @@ export class ConsoleView extends EventTarget {
     } else if (entry.kind === 'tool') {
       el = h('details', { class: 'tool' });
       this.toolParent(entry, turn).append(el);
+    } else if (entry.kind === 'permission') {
+      el = h('section', { class: 'permission' });
+      turn.body.append(el);
     } else if (entry.kind === 'todos') {
       el = h('div', { class: 'todos', role: 'group', 'aria-label': 'Progress' });
       turn.body.append(el);
@@ -196,6 +242,9 @@ export class ConsoleView extends EventTarget {
     const view = { el };
     this.views.set(entry, view);
     this.paint(entry, view, live ? undefined : null);
+    if (entry.kind === 'permission' && entry.status === 'pending' && this.canFocus()) {
+      el.querySelector('button[data-decision="allow"]')?.focus({ preventScroll: true });
+    }
   }
 
   // A subagent's call goes under the call that started the subagent (its Task/Agent card), in a box
@@ -253,6 +302,11 @@ export class ConsoleView extends EventTarget {
         break;
       case 'todos':
         paintTodos(el, entry.todos || []);
+        break;
+      case 'permission':
+        paintPermission(el, entry, {
+          busy: Boolean(view.busy), answer: (decision, remember) => this.answer(entry, decision, remember),
+        });
         break;
       default:
         if (entry.kind.startsWith('turn.')) paintEnd(el, entry);

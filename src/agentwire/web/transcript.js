@@ -14,6 +14,7 @@ const TODO_TOOLS = new Set(['todo_write', 'TodoWrite']);
 const IDLE = { agent_state: 'idle', outstanding_llm_calls: 0, outstanding_tool_calls: [] };
 const STATE_FIELDS = ['agent_state', 'outstanding_llm_calls', 'outstanding_tool_calls', 'retry_in_ms'];
 const END_FIELDS = ['stop_reason', 'usage', 'timing', 'error', 'reason', 'permission_denials'];
+const PERMISSION_FIELDS = ['request_id', 'tool', 'input', 'call_id', 'title', 'expires_at', 'rule'];
 
 export class Transcript {
   constructor() {
@@ -27,6 +28,10 @@ export class Transcript {
     this.tools = new Map();
     this.todoEntries = new Map();
     this.agent = {}; // the latest agent.info: what runs this session's turns (shown in the header)
+    // Tool-permission requests by id (their entries: status pending, allowed, denied, or ended when
+    // the turn ended unanswered), and the rules "always allow" made.
+    this.permissions = new Map();
+    this.rules = [];
   }
 
   // Apply one envelope; returns {entry, added, delta} for the view, or null if nothing to show.
@@ -111,6 +116,22 @@ export class Transcript {
       });
       return { entry, added };
     }
+    if (kind === 'permission.requested') {
+      const entry = { ...base, role: 'assistant', kind: 'permission', status: 'pending', ...pick(data, PERMISSION_FIELDS) };
+      this.permissions.set(String(data.request_id), entry);
+      this.entries.push(entry);
+      return { entry, added: true, stateChanged: true };
+    }
+    if (kind === 'permission.decided') {
+      const entry = this.permissions.get(String(data.request_id));
+      if (data.rule) this.rules.push({ ...data.rule });
+      if (!entry) return null;
+      Object.assign(entry, {
+        status: data.decision === 'allow' ? 'allowed' : 'denied', by: data.by ?? null, message: data.message ?? '', seq,
+      });
+      if (data.remember) entry.remember = true;
+      return { entry, added: false, stateChanged: true };
+    }
     if (kind === 'todo.updated') {
       this.todos = [...(data.todos || [])];
       let entry = this.todoEntries.get(turn);
@@ -140,6 +161,7 @@ export class Transcript {
         summary.error = data.error || data.reason || null;
       }
       this.addUsage(data.usage);
+      this.endPermissions(turn);
       const entry = { ...base, role: 'system', kind, ...pick(data, END_FIELDS) };
       this.entries.push(entry);
       if (![...this.turns.values()].some((t) => t.status === 'running' || t.status === 'queued')) {
@@ -157,6 +179,7 @@ export class Transcript {
     fold.seq = snapshot.seq || 0;
     fold.todos = snapshot.todos || [];
     fold.agent = snapshot.agent || {};
+    fold.rules = [...(snapshot.rules || [])];
     const lastTodos = new Map();
     for (const entry of snapshot.messages || []) {
       if (entry.kind === 'tool' && TODO_TOOLS.has(entry.name) && entry.input && Array.isArray(entry.input.todos)) {
@@ -179,6 +202,9 @@ export class Transcript {
           summary.error = copy.error || copy.reason || null;
         }
         fold.addUsage(copy.usage);
+        fold.endPermissions(copy.turn);
+      } else if (copy.kind === 'permission') {
+        fold.permissions.set(String(copy.request_id), copy);
       } else if (copy.kind === 'text' || copy.kind === 'thinking') {
         fold.blocks.set(`${copy.turn}\u0000${copy.kind}\u0000${Number(copy.block || 0)}`, copy);
       } else if (copy.kind === 'tool') {
@@ -192,6 +218,17 @@ export class Transcript {
       }
     }
     return fold;
+  }
+
+  // A turn that ended with a request unanswered (its node died): nobody can answer it now.
+  endPermissions(turn) {
+    for (const request of this.permissions.values()) {
+      if (request.turn === turn && request.status === 'pending') request.status = 'ended';
+    }
+  }
+
+  pendingPermissions() {
+    return [...this.permissions.values()].filter((request) => request.status === 'pending');
   }
 
   addUsage(usage) {
