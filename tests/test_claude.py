@@ -353,6 +353,8 @@ def test_the_dashboard_shows_the_agent_nested_calls_denials_and_rate_limits(env:
             dash = Dashboard.open(new_context(browser), env.url, "dash")
             page = dash.page
             dash.send("Delegate it")
+            # Claude Code asks before it writes; the person says no.
+            page.click("#lane-main section.permission-pending button[data-decision='deny']")
             dash.wait_turns_done(1)
             assert page.inner_text("#session-agent") == f"Claude Code {cc.VERSION} · {cc.MODEL} · {cwd}"
             assert _tool_tree(page) == [("Agent", ["Bash"]), ("Write", [])]

@@ -18,10 +18,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from agentwire.config import Config
 from tests.fakes import llm_servers as fake
 from tests.support import claude_code as cc
+from tests.support.browser import Dashboard, launch, new_context
 from tests.support.redis_server import shared_redis_server
 from tests.support.server import free_port, running_app
 from tests.support.turns import run_turn
@@ -272,3 +274,68 @@ def test_claude_code_outside_agentwire_publishes_through_agentwire_mcp(env: Env)
     (task,) = [t for t in httpx.get(f"{env.url}/api/tasks", timeout=10).json()["tasks"] if t["session"] == "outside"]
     assert (task["title"], task["createdBy"]) == ("Tests pass", "claude")
     assert task["context"]["output"] == '<p>All green<img src="x"></p>'
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = launch(playwright)
+        yield launched
+        launched.close()
+
+
+@pytest.mark.browser
+def test_a_reloaded_page_shows_the_waiting_request_and_answers_it(env: Env, browser: Browser) -> None:
+    cwd = env.session("reload")
+    target = cwd / "notes.txt"
+    env.fake.enqueue(write(target, "line one\nline two\n"), fake.text("Both lines are written."))
+    context = new_context(browser)
+    try:
+        dash = Dashboard.open(context, env.url, "reload")
+        page = dash.page
+        dash.send("Write two lines")
+        page.wait_for_selector("#lane-main section.permission-pending")
+        page.reload()
+        dash.wait_status("connected")
+        card = page.locator("#lane-main section.permission-pending")
+        card.wait_for()
+        assert card.locator(".perm-title").inner_text() == "Write notes.txt"
+        assert card.locator(".diff > span").all_inner_texts() == ["+ line one\n", "+ line two\n"]
+        assert not target.exists() and page.title() == "⚠ 1 waiting · reload — agentwire"
+        card.locator("button[data-decision='allow']").click()
+        page.wait_for_selector("#lane-main section.permission-allowed")
+        dash.wait_turns_done(1)
+        dash.wait_text("Both lines are written.")
+        assert target.read_text() == "line one\nline two\n"
+        assert not dash.errors
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+def test_a_choice_on_claudes_card_starts_its_next_turn_with_that_value(env: Env, browser: Browser) -> None:
+    env.session("choice")
+    env.fake.enqueue(fake.tool_call("mcp__agentwire__task_create", {
+        "title": "Which way?", "output": "<p>Pick one</p>",
+        "choices": [{"label": "Left", "value": "Take the left path"},
+                    {"label": "Right", "value": "Take the right path", "primary": True}]}),
+        fake.text("Asked on the board."))
+    assert run_turn(env.url, "choice", "Ask me where to go")[-1]["type"] == "turn.completed"
+    (task,) = [t for t in httpx.get(f"{env.url}/api/tasks", timeout=10).json()["tasks"] if t["session"] == "choice"]
+    env.fake.enqueue(fake.text("Right it is."))
+    since = env.seen()
+    context = new_context(browser)
+    try:
+        dash = Dashboard.open(context, env.url, "choice", view="board")
+        page = dash.page
+        card = page.locator(f"article.task[data-id='{task['id']}']")
+        card.wait_for()
+        card.locator("button.choice", has_text="Right").click()
+        page.wait_for_selector("#view-console:not([hidden])")
+        dash.wait_turns_done(2)
+        dash.wait_text("Right it is.")
+        assert page.locator("#lane-main .msg.user .body").last.inner_text() == "Take the right path"
+        assert "Take the right path" in cc.user_texts(env.bodies(since)[0])
+        assert not dash.errors
+    finally:
+        context.close()
