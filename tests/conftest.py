@@ -2,14 +2,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
 
 from agentwire.config import Config
+from tests.support import claude_code as cc
+from tests.support.browser import launch, new_context
 from tests.support.protocols import served
 from tests.support.server import free_port, running_app
 from tests.support.sse import SseStream
@@ -78,3 +82,48 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One server per module for the protocol views (AG-UI, AI SDK), with a token their clients send."""
     with served(tmp_path_factory.mktemp("protocols")) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    """Debian's Chromium, one per test module (tests/support/browser.py)."""
+    launched = launch(playwright)
+    yield launched
+    launched.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser profile per test."""
+    opened = new_context(browser)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="module")
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[cc.Env]:
+    """The real Claude Code for a test module: a `claude`-provider server on the Anthropic fake, with a
+    HOME of its own; the module's `CLAUDE_SERVER` dict adds server settings (e.g. `quick_pool`)."""
+    settings = getattr(request.module, "CLAUDE_SERVER", {})
+    with cc.claude_server(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), **settings) as state:
+        yield state
+
+
+@pytest.fixture
+def all_answers_used(env: cc.Env) -> Iterator[None]:
+    """The fake answers in order: a test must use exactly what it queued (`pytestmark` of the modules)."""
+    yield
+    assert not env.fake.pending(), "the test queued answers its turns did not ask for"
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    """Threads for what a test runs beside itself (a turn that waits, say)."""
+    with ThreadPoolExecutor(4) as executor:
+        yield executor

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +25,14 @@ from tests.support import claude_code as cc
 from tests.support.browser import Dashboard, launch, new_context
 from tests.support.redis_server import shared_redis_server
 from tests.support.server import ServerProcess, free_port, running_app
-from tests.support.turns import run_turn, wait_for
+from tests.support.turns import of, run_turn, wait_for
 
 JSON = dict[str, Any]
 
 
 Env = cc.Env
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    with cc.claude_server(tmp_path_factory.mktemp("claude"), quick_pool=1) as state:
-        yield state
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_queued(env: Env) -> Iterator[None]:
-    yield
-    assert not env.fake.pending(), "the test queued answers its turns did not ask for"
-
-
-def of(events: list[JSON], kind: str) -> list[JSON]:
-    return [e["data"] for e in events if e["type"] == kind]
+CLAUDE_SERVER = {"quick_pool": 1}  # the module's server (the `env` fixture, tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("all_answers_used")
 
 
 def texts(events: list[JSON]) -> tuple[str, str]:

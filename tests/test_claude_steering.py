@@ -6,73 +6,30 @@ server `agentwire`. The dashboard side of both: tests/test_dashboard_steering.py
 from __future__ import annotations
 
 import os
-import queue
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from agentwire.config import Config
 from tests.fakes import llm_servers as fake
 from tests.support import claude_code as cc
-from tests.support.browser import Dashboard, launch, new_context
+from tests.support.browser import Dashboard, new_context
 from tests.support.redis_server import shared_redis_server
 from tests.support.server import free_port, running_app
-from tests.support.turns import run_turn
+from tests.support.turns import AskingTurn, of, run_turn
 
 JSON = dict[str, Any]
 Env = cc.Env
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    with cc.claude_server(tmp_path_factory.mktemp("steering"), quick_pool=0) as state:
-        yield state
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_queued(env: Env) -> Iterator[None]:
-    yield
-    assert not env.fake.pending(), "the test queued answers its turns did not ask for"
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as executor:
-        yield executor
-
-
-def of(events: list[JSON], kind: str) -> list[JSON]:
-    return [e["data"] for e in events if e["type"] == kind]
-
-
-class Asked:
-    """A turn run in a thread until Claude Code asks for permission; `request` is its event."""
-
-    def __init__(self, url: str, session: str, message: str, pool: ThreadPoolExecutor) -> None:
-        self.url = url
-        self.session = session
-        requests: queue.Queue[JSON] = queue.Queue()
-        self.turn: Future[list[JSON]] = pool.submit(
-            run_turn, url, session, message,
-            on_event=lambda e: requests.put(e) if e["type"] == "permission.requested" else None)
-        self.request = requests.get(timeout=60)
-        self.id: str = self.request["data"]["request_id"]
-
-    def answer(self, url: str | None = None, **body: Any) -> httpx.Response:
-        return httpx.post(f"{url or self.url}/api/konsole/{self.session}/permissions/{self.id}", json=body,
-                          timeout=10)
-
-    def events(self) -> list[JSON]:
-        return self.turn.result(timeout=60)
+CLAUDE_SERVER = {"quick_pool": 0}  # the module's server (the `env` fixture, tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("all_answers_used")
 
 
 def write(path: Path, content: str = "hello from Claude\n") -> fake.Reply:
@@ -83,7 +40,7 @@ def test_a_write_waits_for_the_answer_and_allow_writes_it(env: Env, pool: Thread
     cwd = env.session("allow")
     target = cwd / "notes.txt"
     env.fake.enqueue(write(target), fake.text("Written."))
-    asked = Asked(env.url, "allow", "Write a note", pool)
+    asked = AskingTurn(env.url, "allow", "Write a note", pool)
     data = asked.request["data"]
     assert (data["tool"], data["input"], data["title"]) == ("Write", {"file_path": str(target),
                                                                       "content": "hello from Claude\n"},
@@ -109,7 +66,7 @@ def test_deny_does_not_write_and_the_turn_ends(env: Env, pool: ThreadPoolExecuto
     target = cwd / "notes.txt"
     env.fake.enqueue(write(target), fake.text("Understood, I will not write it."))
     since = env.seen()
-    asked = Asked(env.url, "deny", "Write a note", pool)
+    asked = AskingTurn(env.url, "deny", "Write a note", pool)
     assert asked.answer(decision="deny", message="Not this file, please").status_code == 200
     events = asked.events()
     assert events[-1]["type"] == "turn.completed" and not target.exists()
@@ -127,7 +84,7 @@ def test_always_allow_lets_the_next_identical_request_through(env: Env, pool: Th
     cwd = env.session("always")
     target = cwd / "notes.txt"
     env.fake.enqueue(write(target), fake.text("Once."), write(target), fake.text("Twice."))
-    asked = Asked(env.url, "always", "Write a note", pool)
+    asked = AskingTurn(env.url, "always", "Write a note", pool)
     answer = asked.answer(decision="allow", remember=True)
     assert answer.json()["rule"] == {"tool": "Write"}
     assert asked.events()[-1]["type"] == "turn.completed"
@@ -147,7 +104,7 @@ def test_unknown_settled_and_unanswered_requests(env: Env, pool: ThreadPoolExecu
                             quick_pool=0, permission_timeout=2.0)) as (url, _):
         httpx.post(f"{url}/api/konsole", json={"name": "late", "options": {"cwd": str(cwd)}},
                    timeout=10).raise_for_status()
-        asked = Asked(url, "late", "Write a note", pool)
+        asked = AskingTurn(url, "late", "Write a note", pool)
         unknown = httpx.post(f"{url}/api/konsole/late/permissions/perm_0000", json={"decision": "allow"}, timeout=10)
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "permission_not_found"
         events = asked.events()
@@ -164,7 +121,7 @@ def test_unknown_settled_and_unanswered_requests(env: Env, pool: ThreadPoolExecu
 def test_cancel_while_a_request_waits_ends_the_turn_and_keeps_the_agent(env: Env, pool: ThreadPoolExecutor) -> None:
     cwd = env.session("cancelled")
     env.fake.enqueue(write(cwd / "notes.txt"))
-    asked = Asked(env.url, "cancelled", "Write a note", pool)
+    asked = AskingTurn(env.url, "cancelled", "Write a note", pool)
     started = time.monotonic()
     httpx.post(f"{env.url}/api/konsole/cancelled/cancel", timeout=10).raise_for_status()
     events = asked.events()
@@ -193,7 +150,7 @@ def test_the_answer_works_from_another_node(env: Env, pool: ThreadPoolExecutor) 
     with node() as (a, _), node() as (b, _):
         httpx.post(f"{a}/api/konsole", json={"name": "nodes", "options": {"cwd": str(cwd)}},
                    timeout=10).raise_for_status()
-        asked = Asked(a, "nodes", "Write a note", pool)
+        asked = AskingTurn(a, "nodes", "Write a note", pool)
         pending = httpx.get(f"{b}/api/konsole/nodes/state", timeout=10).json()["permissions"]
         assert [p["request_id"] for p in pending] == [asked.id]
         assert asked.answer(b, decision="allow").status_code == 200
@@ -274,14 +231,6 @@ def test_claude_code_outside_agentwire_publishes_through_agentwire_mcp(env: Env)
     (task,) = [t for t in httpx.get(f"{env.url}/api/tasks", timeout=10).json()["tasks"] if t["session"] == "outside"]
     assert (task["title"], task["createdBy"]) == ("Tests pass", "claude")
     assert task["context"]["output"] == '<p>All green<img src="x"></p>'
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = launch(playwright)
-        yield launched
-        launched.close()
 
 
 @pytest.mark.browser

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Playwright, Route, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Playwright, Route
 
 import agentwire
 from agentwire.config import Config
@@ -33,7 +33,6 @@ from tests.support.browser import (
     Dashboard,
     chromium_path,
     create_session,
-    launch,
     new_context,
     session_state,
     wait_idle,
@@ -64,31 +63,11 @@ def _markers(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = launch(playwright)
-    yield browser
-    browser.close()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("dashboard")
     with ServerProcess(f"sqlite:///{folder}/journal.db", args=["--heartbeat", HEARTBEAT],
                        log_path=folder / "server.log") as process:
         yield process
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    context = new_context(browser)
-    yield context
-    context.close()
 
 
 @pytest.fixture

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Route, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Route
 
-from tests.support.browser import Dashboard, chromium_path, launch, new_context
+from tests.support.browser import Dashboard, chromium_path, new_context
 from tests.support.server import running_app
 from tests.support.turns import create_session, run_turn
 
@@ -20,14 +19,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as driver:
-        browser = launch(driver)
-        yield browser
-        browser.close()
 
 
 class Flaky:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Request, sync_playwright
+from playwright.sync_api import BrowserContext, Page, Request
 
-from tests.support.browser import Dashboard, chromium_path, create_session, launch, new_context, wait_until
+from tests.support.browser import Dashboard, chromium_path, create_session, wait_until
 from tests.support.server import ServerProcess
 
 pytestmark = [
@@ -27,31 +27,11 @@ def _name(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = launch(playwright)
-    yield browser
-    browser.close()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("steering")
     with ServerProcess(f"sqlite:///{folder}/journal.db", args=["--heartbeat", "1"],
                        log_path=folder / "server.log") as process:
         yield process
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    context = new_context(browser)
-    yield context
-    context.close()
 
 
 def asking(server: ServerProcess, tool: str = "Write") -> str:

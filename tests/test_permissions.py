@@ -7,9 +7,7 @@ tests/test_ws.py; from another node on Redis: tests/test_multinode.py."""
 
 from __future__ import annotations
 
-import queue
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,50 +15,16 @@ import pytest
 
 from agentwire.console.permissions import allows, command_prefix, rule_for
 from tests.conftest import Served, ServerFactory
-from tests.support.turns import create_session, run_turn
+from tests.support.turns import AskingTurn, create_session, of, run_turn
 
 JSON = dict[str, Any]
 OPTIONS = {"ask_permission": True, "deltas": 6, "delay_ms": 0, "tool_calls": 1}
 
 
-class Asking:
-    """A turn of the scripted agent that asks to write a note, run in a thread of its own."""
-
-    def __init__(self, served: Served, pool: ThreadPoolExecutor, session: str, message: str = "Take notes") -> None:
-        self.served = served
-        self.session = session
-        requests: queue.Queue[JSON] = queue.Queue()
-
-        def seen(envelope: JSON) -> None:
-            if envelope["type"] == "permission.requested":
-                requests.put(envelope)
-
-        self.turn: Future[list[JSON]] = pool.submit(run_turn, served.url, session, message, headers=served.auth,
-                                                    on_event=seen)
-        self.request = requests.get(timeout=30)  # the permission.requested envelope
-        self.id: str = self.request["data"]["request_id"]
-
-    def answer(self, **body: Any) -> Any:
-        return self.served.http.post(f"/api/konsole/{self.session}/permissions/{self.id}", json=body)
-
-    def events(self) -> list[JSON]:
-        return self.turn.result(timeout=30)
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(4) as executor:
-        yield executor
-
-
-def of(events: list[JSON], kind: str) -> list[JSON]:
-    return [e["data"] for e in events if e["type"] == kind]
-
-
 def test_the_agent_waits_for_the_answer_and_the_request_is_in_the_state(server: Served,
                                                                         pool: ThreadPoolExecutor) -> None:
     create_session(server.url, "wait", headers=server.auth, options=OPTIONS)
-    asking = Asking(server, pool, "wait")
+    asking = AskingTurn(server.url, "wait", "Take notes", pool, headers=server.auth)
     data = asking.request["data"]
     assert data["tool"] == "Write" and data["input"]["file_path"] == "notes/take-notes.md"
     assert data["turn"] == asking.request["turn"] and data["call_id"] == "call_write_1"
@@ -99,7 +63,7 @@ def test_the_agent_waits_for_the_answer_and_the_request_is_in_the_state(server: 
 
 def test_a_deny_reaches_the_agent_with_its_message(server: Served, pool: ThreadPoolExecutor) -> None:
     create_session(server.url, "deny", headers=server.auth, options=OPTIONS)
-    asking = Asking(server, pool, "deny")
+    asking = AskingTurn(server.url, "deny", "Take notes", pool, headers=server.auth)
     assert asking.answer(decision="deny", message="Not in that folder").status_code == 200
     events = asking.events()
     assert events[-1]["type"] == "turn.completed"
@@ -110,7 +74,7 @@ def test_a_deny_reaches_the_agent_with_its_message(server: Served, pool: ThreadP
 
 def test_answers_that_cannot_be_taken(server: Served, pool: ThreadPoolExecutor) -> None:
     create_session(server.url, "once", headers=server.auth, options=OPTIONS)
-    asking = Asking(server, pool, "once")
+    asking = AskingTurn(server.url, "once", "Take notes", pool, headers=server.auth)
     path = f"/api/konsole/once/permissions/{asking.id}"
     for body, field in (({"decision": "maybe"}, "decision"), ({}, "decision"),
                         ({"decision": "deny", "remember": True}, "remember"),
@@ -137,7 +101,7 @@ def test_answers_that_cannot_be_taken(server: Served, pool: ThreadPoolExecutor) 
 def test_no_answer_in_time_is_a_deny_that_says_why(make_server: ServerFactory, pool: ThreadPoolExecutor) -> None:
     served = make_server(permission_timeout=1.0)
     create_session(served.url, "late", headers=served.auth, options=OPTIONS)
-    asking = Asking(served, pool, "late")
+    asking = AskingTurn(served.url, "late", "Take notes", pool, headers=served.auth)
     assert asking.request["data"]["expires_at"] - asking.request["ts"] in range(900, 1100)
     events = asking.events()
     (decided,) = of(events, "permission.decided")
@@ -152,7 +116,7 @@ def test_no_answer_in_time_is_a_deny_that_says_why(make_server: ServerFactory, p
 
 def test_cancelling_the_turn_settles_what_it_asked(server: Served, pool: ThreadPoolExecutor) -> None:
     create_session(server.url, "stop", headers=server.auth, options=OPTIONS)
-    asking = Asking(server, pool, "stop")
+    asking = AskingTurn(server.url, "stop", "Take notes", pool, headers=server.auth)
     server.http.post("/api/konsole/stop/cancel", json={}).raise_for_status()
     events = asking.events()
     after = [e["type"] for e in events if e["seq"] > asking.request["seq"] and e["type"] != "state"]
@@ -170,7 +134,7 @@ def test_always_allow_holds_for_the_session_and_survives_a_restart(make_server: 
     served = make_server(journal=journal)
     create_session(served.url, "keep", headers=served.auth, options=OPTIONS)
     create_session(served.url, "other", headers=served.auth, options=OPTIONS)
-    asking = Asking(served, pool, "keep")
+    asking = AskingTurn(served.url, "keep", "Take notes", pool, headers=served.auth)
     answer = asking.answer(decision="allow", remember=True).json()
     assert (answer["remember"], answer["rule"]) == (True, {"tool": "Write"})
     assert asking.events()[-1]["type"] == "turn.completed"
@@ -179,7 +143,7 @@ def test_always_allow_holds_for_the_session_and_survives_a_restart(make_server: 
     assert of(again, "permission.requested") == [] and again[-1]["type"] == "turn.completed"
     assert not next(d for d in of(again, "tool.result") if d["call_id"] == "call_write_1")["is_error"]
     # Another session is asked as before.
-    other = Asking(served, pool, "other")
+    other = AskingTurn(served.url, "other", "Take notes", pool, headers=served.auth)
     assert other.answer(decision="deny").status_code == 200
     other.events()
 
@@ -190,15 +154,11 @@ def test_always_allow_holds_for_the_session_and_survives_a_restart(make_server: 
 
 def test_a_quick_turn_asks_too(server: Served, pool: ThreadPoolExecutor) -> None:
     create_session(server.url, "quickly", headers=server.auth, options=OPTIONS)
-    requests: queue.Queue[JSON] = queue.Queue()
-    turn = pool.submit(run_turn, server.url, "quickly", "Quick notes", lane="quick", headers=server.auth,
-                       on_event=lambda e: requests.put(e) if e["type"] == "permission.requested" else None)
-    request = requests.get(timeout=30)
-    assert request["lane"] == "quick"
+    asking = AskingTurn(server.url, "quickly", "Quick notes", pool, lane="quick", headers=server.auth)
+    assert asking.request["lane"] == "quick"
     assert server.http.get("/api/konsole/quickly/state").json()["permissions"][0]["lane"] == "quick"
-    server.http.post(f"/api/konsole/quickly/permissions/{request['data']['request_id']}",
-                     json={"decision": "allow"}).raise_for_status()
-    assert turn.result(timeout=30)[-1]["type"] == "turn.completed"
+    assert asking.answer(decision="allow").status_code == 200
+    assert asking.events()[-1]["type"] == "turn.completed"
 
 
 def test_the_route_declares_its_answers(server: Served) -> None:

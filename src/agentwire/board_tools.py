@@ -64,13 +64,18 @@ async def run_board_tool(board: BoardAccess, name: str, input: JSON, *, session:
             task = await _update(board, input, session)
         else:
             return ToolOutcome(f"unknown tool {name!r}", is_error=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "input"
-        return ToolOutcome(f"invalid input for {name}: {where}: {first['msg']}", is_error=True)
-    except AgentwireError as exc:
-        return ToolOutcome(f"{name} failed: {exc.message}", is_error=True)
+    except (ValidationError, AgentwireError) as exc:
+        return error_outcome(name, exc)
     return ToolOutcome(orjson.dumps({"id": task["id"], "status": task["status"]}).decode())
+
+
+def error_outcome(name: str, exc: ValidationError | AgentwireError) -> ToolOutcome:
+    """A tool's failure in words the agent can act on: the field that is wrong, or the refusal."""
+    if isinstance(exc, AgentwireError):
+        return ToolOutcome(f"{name} failed: {exc.message}", is_error=True)
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "input"
+    return ToolOutcome(f"invalid input for {name}: {where}: {first['msg']}", is_error=True)
 
 
 async def _update(board: BoardAccess, input: JSON, session: str) -> JSON:

@@ -42,6 +42,7 @@ from starlette.types import Receive, Scope, Send
 
 from agentwire.config import Config
 from agentwire.console import Console
+from agentwire.console.permissions import DecisionIn
 from agentwire.console.runtime import Lane
 from agentwire.console.transcript import CatchUpFold
 from agentwire.hub import Hub, Outbox, Subscription
@@ -364,12 +365,9 @@ class CancelFrame(_Frame):
     turn: Name | None = None
 
 
-class DecideFrame(_Frame):
+class DecideFrame(_Frame, DecisionIn):  # the REST body's fields, checked as strictly as every frame
     session: Name
     request_id: Name
-    decision: Literal["allow", "deny"]
-    message: Annotated[str, Field(max_length=2000)] = ""
-    remember: bool = False
 
 
 Frame = TypeVar("Frame", bound=_Frame)

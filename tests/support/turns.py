@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import queue
 import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +51,36 @@ def run_turn(url: str, session: str, message: str, *, lane: str = "main", header
             if envelope["type"] in TERMINAL:
                 break
     return events
+
+
+def of(events: list[JSON], kind: str) -> list[JSON]:
+    """The data of every event of one type."""
+    return [e["data"] for e in events if e["type"] == kind]
+
+
+class AskingTurn:
+    """A turn run in a thread of `pool` until its agent asks for permission: `request` is the
+    `permission.requested` envelope; `answer(**body)` posts a decision (to another node's `url` if
+    given); `events()` waits for the rest of the turn."""
+
+    def __init__(self, url: str, session: str, message: str, pool: ThreadPoolExecutor, *, lane: str = "main",
+                 headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.session = session
+        self.headers = headers
+        requests: queue.Queue[JSON] = queue.Queue()
+        self.turn: Future[list[JSON]] = pool.submit(
+            run_turn, url, session, message, lane=lane, headers=headers,
+            on_event=lambda e: requests.put(e) if e["type"] == "permission.requested" else None)
+        self.request = requests.get(timeout=60)
+        self.id: str = self.request["data"]["request_id"]
+
+    def answer(self, url: str | None = None, **body: Any) -> httpx.Response:
+        return httpx.post(f"{url or self.url}/api/konsole/{self.session}/permissions/{self.id}", json=body,
+                          headers=self.headers, timeout=10)
+
+    def events(self) -> list[JSON]:
+        return self.turn.result(timeout=60)
 
 
 def post_turn_cut(url: str, session: str, message: str, cut_at: int) -> list[JSON]:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from agentwire.console.permissions import DecisionIn
 from agentwire.console.runtime import Console, Lane, SessionIn, check_session_name
 from agentwire.console.transcript import TERMINAL, CatchUpFold
 from agentwire.openapi import errors, stream_responses
@@ -27,13 +28,6 @@ class MessageIn(BaseModel):
 class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     turn: Annotated[str, Field(max_length=100)] | None = None
-
-
-class DecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    decision: Literal["allow", "deny"]
-    message: Annotated[str, Field(max_length=2000)] = ""  # for the agent: why (a deny) or what to mind
-    remember: bool = False  # with allow: allow this tool (a Bash command: its prefix) for the session
 
 
 class RuleOut(BaseModel):

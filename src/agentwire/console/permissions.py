@@ -24,7 +24,9 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agentwire.console.transcript import Transcript
 from agentwire.hub import Hub, Outbox
@@ -45,6 +47,15 @@ ANSWER_GRACE = 30.0
 # (allowing `git status` must not allow `git status; rm -rf ~`), and remembering one allows only it.
 _SHELL_JOIN = re.compile(r"[;&|`<>\n\r]|\$\(")
 _SUBCOMMAND = re.compile(r"^[A-Za-z][\w.:/-]*$")
+
+
+class DecisionIn(BaseModel):
+    """A person's answer: the body of `POST …/permissions/{id}`, and of the WebSocket op `decide`."""
+
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["allow", "deny"]
+    message: Annotated[str, Field(max_length=2000)] = ""  # for the agent: why (a deny) or what to mind
+    remember: bool = False  # with allow: allow this tool (a Bash command: its prefix) for the session
 
 
 def rule_for(tool: str, input: JSON) -> JSON:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from agentwire.board_tools import BOARD_TOOLS, run_board_tool
+from agentwire.board_tools import BOARD_TOOLS, error_outcome, run_board_tool
 from agentwire.providers import ToolOutcome, ToolSpec
 from agentwire.tasks import Board
 from agentwire.types import JSON, AgentwireError
@@ -61,12 +61,8 @@ class Tools:
         try:
             result = await found[1](call, input)
             return result if isinstance(result, ToolOutcome) else ToolOutcome(result)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "input"
-            return ToolOutcome(f"invalid input for {name}: {where}: {first['msg']}", is_error=True)
-        except AgentwireError as exc:
-            return ToolOutcome(f"{name} failed: {exc.message}", is_error=True)
+        except (ValidationError, AgentwireError) as exc:
+            return error_outcome(name, exc)
 
     async def _todo_write(self, call: ToolCall, input: JSON) -> str:
         todos = input.get("todos")
