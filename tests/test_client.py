@@ -8,10 +8,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 from agentwire.client import Backoff, Client, SseMessage, SseParser, StreamFailed
 from agentwire.console.transcript import TERMINAL
+from agentwire.types import JSON
+from tests.support.browser import wait_until
 from tests.support.proxy import TcpProxy
 from tests.support.server import running_app
 from tests.support.turns import comparable, create_session, run_turn, transcript_of
@@ -137,6 +140,51 @@ def test_client_reports_http_errors(server: str) -> None:
 
     with pytest.raises(StreamFailed, match="401"):
         asyncio.run(run())
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_the_client_answers_the_permission_request_of_the_turn_it_follows(server: str, transport: str) -> None:
+    session = f"ask-{transport}"
+    create_session(server, session, headers=HEADERS, options={"ask_permission": "Bash", "deltas": 5, "delay_ms": 0})
+
+    async def run() -> tuple[list[JSON], JSON, str]:
+        async with Client(server, TOKEN, transport=transport) as client:
+            events, decided, again = [], {}, ""
+            async for envelope in client.turn(session, "what changed?"):
+                events.append(envelope)
+                if envelope["type"] == "permission.requested":
+                    request_id = envelope["data"]["request_id"]
+                    decided = await client.decide(session, request_id, "allow", remember=True)
+                    try:
+                        await client.decide(session, request_id, "deny")
+                    except StreamFailed as exc:
+                        again = str(exc)
+            return events, decided, again
+
+    events, decided, again = asyncio.run(run())
+    assert events[-1]["type"] == "turn.completed"
+    assert {k: decided[k] for k in ("decision", "by", "remember", "rule")} == {
+        "decision": "allow", "by": "user", "remember": True, "rule": {"tool": "Bash", "prefix": "git status"}}
+    assert [e["seq"] for e in events if e["type"] == "permission.decided"] == [decided["seq"]]
+    assert "409" in again and "permission_settled" in again
+
+
+def test_chat_shows_a_permission_request(server: str) -> None:
+    create_session(server, "cli-ask", headers=HEADERS, options={"ask_permission": True, "deltas": 5, "delay_ms": 0})
+    chat = subprocess.Popen([sys.executable, "-m", "agentwire", "chat", "cli-ask", "take notes", "--url", server,
+                             "--token", TOKEN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pending = wait_until(lambda: httpx.get(f"{server}/api/konsole/cli-ask/state", headers=HEADERS,
+                                               timeout=10).json()["permissions"])
+        httpx.post(f"{server}/api/konsole/cli-ask/permissions/{pending[0]['request_id']}", headers=HEADERS,
+                   json={"decision": "deny"}, timeout=10).raise_for_status()
+        out, _ = chat.communicate(timeout=60)
+    finally:
+        chat.kill()
+    assert chat.returncode == 0
+    assert (f"? the agent asks to use Write notes/take-notes.md: answer in the dashboard (request "
+            f"{pending[0]['request_id']})") in out
+    assert "  deny (user)" in out
 
 
 def _cli(*args: str, url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

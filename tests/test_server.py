@@ -94,6 +94,7 @@ SAMPLES: dict[str, tuple[str, list[str], object, object]] = {
     "buffer_limit": ("65536", ["--buffer-limit", "4096"], 65536, 4096),
     "claude_bin": ("sh", ["--claude-bin", "true"], "sh", "true"),
     "agent_ttl": ("60", ["--agent-ttl", "5"], 60.0, 5.0),
+    "permission_timeout": ("120", ["--permission-timeout", "30"], 120.0, 30.0),
     "allowed_hosts": ("a.example, *.b.example c.example",
                       ["--allowed-host", "x.example", "--allowed-host", "y.example"],
                       ["a.example", "*.b.example", "c.example"], ["x.example", "y.example"]),

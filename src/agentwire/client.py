@@ -17,6 +17,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -104,6 +105,16 @@ class Client:
         if response.status_code >= 400:
             raise StreamFailed(f"{method} {path}: {response.status_code} {response.text[:300]}")
         return response.json() if response.content else None
+
+    async def decide(self, session: str, request_id: str, decision: str, *, message: str = "",
+                     remember: bool = False) -> JSON:
+        """Answer a permission request the session's agent made (`permission.requested`): "allow" or
+        "deny"; `remember` allows that tool (a Bash command: its prefix) for the rest of the session.
+        Returns the `permission.decided` data with its seq; StreamFailed on 404/409."""
+        body: JSON = {"decision": decision, "message": message, "remember": remember}
+        decided: JSON = await self.request("POST", f"/api/konsole/{quote(session, safe='')}/permissions/"
+                                           f"{quote(request_id, safe='')}", json=body)
+        return decided
 
     async def _sse(self, method: str, path: str, *, after: int | None, json: JSON | None = None,
                    params: JSON | None = None) -> AsyncIterator[JSON]:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentwire.providers import Message, ToolOutcome, ToolSpec, Usage
+from agentwire.providers import Message, Permission, ToolOutcome, ToolSpec, Usage
 from agentwire.types import JSON
 
 TOOLS = [
@@ -48,6 +48,8 @@ class RecordingTurnIO:
     todo_list: list[JSON] = field(default_factory=list)
     finish_data: JSON = field(default_factory=dict)
     handlers: dict[str, ToolHandler] = field(default_factory=dict)
+    # How a permission request is answered (default: allowed, as a person who says yes to everything).
+    permission: Callable[[str, JSON], Permission] = lambda tool, input: Permission(True)
     events: list[tuple[str, JSON]] = field(default_factory=list)
     outstanding_llm_calls: int = 0
 
@@ -81,6 +83,16 @@ class RecordingTurnIO:
         outcome = self.handlers.get(name, default_tool(name))(input)
         await self.tool_result(call_id, outcome.output, outcome.is_error)
         return outcome
+
+    async def ask_permission(self, tool: str, input: JSON, *, call_id: str | None = None,
+                             title: str | None = None) -> Permission:
+        self._record("permission.requested", tool=tool, input=input, call_id=call_id, title=title)
+        answer = self.permission(tool, input)
+        self._record("permission.decided", allowed=answer.allowed, by=answer.by)
+        return answer
+
+    async def board_tool(self, name: str, input: JSON, agent: str) -> ToolOutcome:
+        return self.handlers.get(name, default_tool(name))(input)
 
     async def todos(self, todos: list[JSON]) -> None:
         self.todo_list = [dict(item) for item in todos]

@@ -165,11 +165,11 @@ class Permissions:
                     deadline = loop.time() + ANSWER_GRACE
                     await self._settle_quietly(turn, request_id, "cancel")
                 chunks = await answer.take(timeout=max(0.0, deadline - loop.time()))
-                if chunks is None:  # the hub closed the stream: the server is shutting down
-                    return Permission(False, "the server is shutting down", by="turn_end", interrupt=True)
-                for chunk in chunks:
+                for chunk in chunks or ():
                     if chunk:
                         return _permission(Event.from_raw(chunk.rstrip(b"\n")).data, turn)
+                if chunks is None or subscription.closed:  # the hub ended the stream: the server stops
+                    return Permission(False, "the server is shutting down", by="turn_end", interrupt=True)
                 if not chunks:
                     if answered:
                         log.warning("no answer to %s was recorded in time; denying it", request_id)
