@@ -26,10 +26,10 @@ from mcp.types import INVALID_PARAMS, CallToolResult
 from agentwire.board_tools import BOARD_TOOLS, run_board_tool
 from agentwire.config import Config
 from agentwire.mcp_server import RestBoard, sdk_server
-from agentwire.providers import ToolOutcome
+from agentwire.providers import PROVIDERS, ProviderInfo, ToolOutcome, TurnIO
 from agentwire.types import JSON
 from tests.support.server import free_port, running_app
-from tests.support.turns import create_session, wait_for
+from tests.support.turns import create_session, run_turn, wait_for
 
 TOKEN = "mcp-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -191,3 +191,36 @@ def test_agentwire_mcp_needs_a_session(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "agentwire", "mcp", "--session", "no spaces"], capture_output=True,
                          text=True, timeout=30)
     assert bad.returncode == 2 and "bad session name 'no spaces'" in bad.stderr
+
+
+class McpAgent:
+    """An agent provider as the CLI agents are wired (issue 16's `agent_mcp.board_server`): it starts
+    the MCP server the turn names (`io.mcp_command()`) and publishes a card through it."""
+
+    name = "mcp-agent"
+
+    def __init__(self, model: str, options: JSON) -> None:
+        self.model = model
+
+    async def close(self) -> None:
+        pass
+
+    async def run(self, io: TurnIO) -> None:
+        command, env = io.mcp_command()
+        async with Client(StdioServerParameters(command=command[0], args=command[1:], env=env), mode="legacy") as c:
+            result = await c.call_tool("task_create", {"title": io.message, "choices": [
+                {"label": "Again", "value": "Publish it again"}]})
+        await io.text_done(0, text(result))
+
+
+def test_a_turn_names_the_mcp_server_its_agent_starts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(PROVIDERS, "mcp-agent", ProviderInfo(f"{__name__}:McpAgent", None, "m"))
+    with running_app(Config(port=free_port(), journal=f"sqlite:///{tmp_path}/j.db", token=TOKEN,
+                            host="0.0.0.0")) as (served, _):  # the agent reaches it through loopback
+        create_session(served, "agent-cards", headers=AUTH, provider="mcp-agent")
+        events = run_turn(served, "agent-cards", "Card from the agent", headers=AUTH)
+        assert events[-1]["type"] == "turn.completed"
+        (done,) = [e["data"]["text"] for e in events if e["type"] == "text.done"]
+        task = card(served, orjson.loads(done)["id"])
+        assert (task["title"], task["session"], task["createdBy"]) == ("Card from the agent", "agent-cards",
+                                                                       "mcp-agent")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class RecordingTurnIO:
     message: str = "Hello"
     history: list[Message] = field(default_factory=list)
     model: str = ""
+    provider: str = "test"
     system: str = "You are a test agent."
     options: JSON = field(default_factory=dict)
     tools: list[ToolSpec] = field(default_factory=lambda: list(TOOLS))
@@ -90,6 +92,9 @@ class RecordingTurnIO:
         answer = self.permission(tool, input)
         self._record("permission.decided", allowed=answer.allowed, by=answer.by)
         return answer
+
+    def mcp_command(self) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-m", "agentwire", "mcp", "--session", self.session, "--agent", self.provider], {}
 
     async def board_tool(self, name: str, input: JSON, agent: str) -> ToolOutcome:
         return self.handlers.get(name, default_tool(name))(input)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -116,6 +117,7 @@ class TurnRunner:
         self.message = turn.message
         self.history = history
         self.model = str(session.get("model") or "")
+        self.provider = str(session.get("provider") or "")
         self.system = str(session.get("system") or "")
         self.options: JSON = dict(session.get("options") or {})
         self.resume: JSON = dict(resume or {})
@@ -236,6 +238,16 @@ class TurnRunner:
             if not self._asking and not self._finishing:
                 self._agent_state = ""
                 await self._set_state(self._before_asking or "working")
+
+    def mcp_command(self) -> tuple[list[str], dict[str, str]]:
+        config = self.console.config
+        # The agent runs on this node: it reaches the server on the address the server listens on (a
+        # wildcard one through loopback), as the session's own client.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
+        env = {"AGENTWIRE_URL": f"http://{f'[{host}]' if ':' in host else host}:{config.port}"}
+        if config.token and not config.no_auth:
+            env["AGENTWIRE_TOKEN"] = config.token  # in its environment: a command line is public in `ps`
+        return [sys.executable, "-m", "agentwire", "mcp", "--session", self.session, "--agent", self.provider], env
 
     async def board_tool(self, name: str, input: JSON, agent: str) -> ToolOutcome:
         return await self.console.tools.run(ToolCall(self.turn.session, self.turn.id, self.todos, agent), name, input)

@@ -88,6 +88,7 @@ class TurnIO(Protocol):
     message: str
     history: list[Message]  # the lane's earlier messages, oldest first, not including `message`
     model: str
+    provider: str  # the session's provider, by name (the agent's name on the cards it publishes)
     system: str
     options: JSON  # the session's options (scripted: deltas, delay_ms, …; cli: command)
     tools: list[ToolSpec]  # the built-in tools offered to the model
@@ -144,6 +145,12 @@ class TurnIO(Protocol):
         journaled as `permission.requested`, answered by `POST …/permissions/{id}` or the WebSocket
         op `decide` on any node (`permission.decided`). A tool (or Bash command prefix) the person
         allowed for the session earlier is allowed at once; no answer in time is a deny."""
+        ...
+
+    def mcp_command(self) -> tuple[list[str], dict[str, str]]:
+        """How an agent process of this turn starts `agentwire mcp` — the board tools as an MCP server on
+        stdio, its cards in this session, `createdBy` the provider's name: the command line, and the
+        environment to add (the server's URL and token)."""
         ...
 
     async def board_tool(self, name: str, input: JSON, agent: str) -> ToolOutcome:
