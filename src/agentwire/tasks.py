@@ -151,7 +151,7 @@ class Board:
         return {"tasks": picked[offset : offset + limit], "total": len(picked), "head": head,
                 "limit": limit, "offset": offset}
 
-    async def create(self, body: TaskIn, *, created_by: str | None = None) -> JSON:
+    async def create(self, body: TaskIn) -> JSON:
         task_id = body.id or str(uuid.uuid4())
         if await self.hub.journal.get_doc("task", task_id) is not None:
             raise AgentwireError(f"a task with id {task_id!r} exists", code="task_exists", status=409, field="id")
@@ -159,8 +159,6 @@ class Board:
         task = body.model_dump(exclude={"context"})
         task.update(id=task_id, createdAt=body.createdAt or now, updatedAt=body.updatedAt or now,
                     context=_clean_context(body.context))
-        if created_by is not None:
-            task["createdBy"] = created_by
         await self.hub.append(Append(TASKS_STREAM, "task.created", {"task": task}, doc=Doc("task", task_id, task)))
         return task
 
