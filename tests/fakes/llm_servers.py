@@ -877,7 +877,8 @@ class FakeLLMServer:
             status, extra, payload = _ERROR[provider](HttpError(400, "server"), request, n)
             await _write_plain(writer, 400, extra, payload)
             return True
-        frames = _fixture(provider, request) if scenario.fixture else _RENDER[provider](scenario, request, n)
+        recorded = scenario.fixture and provider != "responses"  # no recording of it: generated from the blocks
+        frames = _fixture(provider, request) if recorded else _RENDER[provider](scenario, request, n)
         return await self._stream(provider, request, scenario, frames, reader, writer, n)
 
     async def _unscripted(self, provider: str, request: RecordedRequest, writer: asyncio.StreamWriter,
