@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentwire import tasks, ws
+from agentwire import agents_api, tasks, ws
 from agentwire.auth import TokenAuth
 from agentwire.config import Config
 from agentwire.console import Console
@@ -172,6 +172,7 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
 
     app.include_router(tasks.router(lambda request: ctx(request).board))
     app.include_router(console_api.router(lambda request: ctx(request).console))
+    app.include_router(agents_api.router(lambda request: ctx(request).console))
     app.router.routes.append(ws.route(hub, console, config))
 
     @app.get("/api/stream/tasks", tags=["streams"])

@@ -33,6 +33,8 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--model", default=None, help="default model")
     serve.add_argument("--cli-command", default=None,
                        help="default command of the cli provider (AGENTWIRE_CLI_COMMAND), shell-quoted")
+    serve.add_argument("--codex-bin", default=None, help="the Codex CLI binary (default: codex on PATH)")
+    serve.add_argument("--gemini-bin", default=None, help="the Gemini CLI binary (default: gemini on PATH)")
     serve.add_argument("--buffer-limit", type=int, default=None,
                        help="bytes a subscriber may fall behind before it is disconnected")
     serve.add_argument("--lease-seconds", type=float, default=None)

@@ -32,6 +32,8 @@ class Config:
     model: str | None = None
     cli_command: list[str] = field(default_factory=lambda: ["claude", "-p", "--output-format", "stream-json",
                                                             "--include-partial-messages", "--verbose"])
+    codex_bin: str | None = None  # the Codex CLI to run (default: `codex` on PATH)
+    gemini_bin: str | None = None  # the Gemini CLI to run (default: `gemini` on PATH)
     quick_pool: int = 2  # warm workers kept for quick turns
     lease_seconds: float = 10.0  # turn ownership lease (shared journals)
     log_level: str = "info"
@@ -107,6 +109,7 @@ ENV = {
     "retention": "AGENTWIRE_RETENTION", "workers": "AGENTWIRE_WORKERS", "provider": "AGENTWIRE_PROVIDER",
     "model": "AGENTWIRE_MODEL", "cli_command": "AGENTWIRE_CLI_COMMAND", "log_level": "AGENTWIRE_LOG_LEVEL",
     "lease_seconds": "AGENTWIRE_LEASE_SECONDS", "buffer_limit": "AGENTWIRE_BUFFER_LIMIT",
+    "codex_bin": "AGENTWIRE_CODEX_BIN", "gemini_bin": "AGENTWIRE_GEMINI_BIN",
 }
 
 

@@ -21,7 +21,7 @@ from agentwire.console.tools import Tools
 from agentwire.console.transcript import Transcript
 from agentwire.console.turn import Turn, TurnRunner
 from agentwire.hub import Hub
-from agentwire.providers import ProviderError, check_provider, make_provider
+from agentwire.providers import ProviderError, agents, check_provider, make_provider
 from agentwire.tasks import Board, iso_now
 from agentwire.types import JSON, KONSOLE_PREFIX, AgentwireError, Append, Conflict, Doc, Event, NotFound
 
@@ -45,6 +45,9 @@ class SessionOptions(BaseModel):
     command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)] | None = None
     # The working directory of an agent that runs tools (Claude Code, Codex, Gemini CLI); must exist.
     cwd: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    # What an agent CLI may do (codex, gemini-cli): "read-only" (default: its own safe headless mode) or
+    # "full" (no sandbox, never asks). Shown in the session header.
+    approval: Literal["read-only", "full"] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=200_000)] | None = None
     max_rounds: Annotated[int, Field(ge=1, le=100)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -98,6 +101,7 @@ class Console:
         self.config = config
         self.tools = Tools(board)
         self.pool = WarmPool(config.quick_pool)
+        agents.configure({"codex": config.codex_bin, "gemini-cli": config.gemini_bin})
         self.node = new_id("node")
         self._lanes: dict[str, _Lanes] = {}
         self._views: dict[str, Transcript] = {}

@@ -40,7 +40,7 @@ class Transcript:
     usage: JSON = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
     state: JSON = field(default_factory=lambda: {"agent_state": "idle", "outstanding_llm_calls": 0,
                                                  "outstanding_tool_calls": []})
-    agent: JSON = field(default_factory=dict)  # the latest `agent.info`: what runs this session's turns
+    agent: JSON = field(default_factory=dict)  # the main lane's latest `agent.info`: what runs its turns
     _blocks: dict[tuple[str, str, int], JSON] = field(default_factory=dict)
     _tools: dict[str, JSON] = field(default_factory=dict)
 
@@ -96,7 +96,7 @@ class Transcript:
                          duration_ms=data.get("duration_ms"), done=True, seq=seq)
         elif kind == "todo.updated":
             self.todos = list(data.get("todos", []))
-        elif kind == "agent.info":
+        elif kind == "agent.info" and lane == "main":  # a quick turn's agent has a context of its own
             self.agent = dict(data)
         elif kind == "state":
             self.state = {k: data[k] for k in ("agent_state", "outstanding_llm_calls", "outstanding_tool_calls")

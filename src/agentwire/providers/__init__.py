@@ -135,6 +135,9 @@ class ProviderInfo:
     target: str  # "module:Class"
     key_env: str | None  # the SDK's usual environment variable for its key
     default_model: str
+    # "module:function": given the provider's name, says what is missing for it to run here (an agent
+    # CLI's binary or credentials), or None. Imported only when asked.
+    check: str | None = None
 
 
 PROVIDERS: dict[str, ProviderInfo] = {
@@ -144,6 +147,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
                               "claude-sonnet-4-6"),
     "openai": ProviderInfo("agentwire.providers.openai:OpenAIProvider", "OPENAI_API_KEY", "gpt-4.1-mini"),
     "gemini": ProviderInfo("agentwire.providers.gemini:GeminiProvider", "GEMINI_API_KEY", "gemini-2.5-flash"),
+    # Agent CLIs with the user's own configuration: "default" runs the model that configuration names.
+    "codex": ProviderInfo("agentwire.providers.codex:CodexProvider", None, "default",
+                          "agentwire.providers.agents:cli_missing"),
+    "gemini-cli": ProviderInfo("agentwire.providers.gemini_cli:GeminiCliProvider", None, "default",
+                               "agentwire.providers.agents:cli_missing"),
 }
 
 
@@ -160,7 +168,14 @@ def check_provider(name: str) -> ProviderInfo:
             f"provider {name!r} needs an API key: set {info.key_env}",
             code="missing_api_key", status=422, field="provider",
         )
+    if info.check is not None and (missing := _load(info.check)(name)):
+        raise AgentwireError(missing, code="agent_unavailable", status=422, field="provider")
     return info
+
+
+def _load(target: str) -> Any:
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def _key_present(name: str, key_env: str) -> bool:
@@ -172,8 +187,6 @@ def _key_present(name: str, key_env: str) -> bool:
 
 def make_provider(name: str, model: str | None, options: JSON) -> Provider:
     info = check_provider(name)
-    module_name, class_name = info.target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    provider: Provider = cls(model or info.default_model, options)
+    provider: Provider = _load(info.target)(model or info.default_model, options)
     return provider
 
