@@ -90,7 +90,8 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
         console = console_of(request)
         await console.session(session)
         view = await console.view(session)
-        return {"session": session, "seq": view.seq, "messages": view.entries, "todos": view.todos}
+        return {"session": session, "seq": view.seq, "messages": view.entries, "todos": view.todos,
+                "agent": view.agent}
 
     @api.post("/{session}/cancel")
     async def cancel(request: Request, session: str, body: Annotated[CancelIn | None, Body()] = None) -> JSON:

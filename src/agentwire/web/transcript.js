@@ -22,6 +22,7 @@ export class Transcript {
     this.blocks = new Map();
     this.tools = new Map();
     this.todoEntries = new Map();
+    this.agent = {}; // the main lane's agent record (`agent.info`): what runs this session's turns
   }
 
   // Apply one envelope; returns {entry, added, delta} for the view, or null if nothing to show.
@@ -115,6 +116,11 @@ export class Transcript {
       entry.seq = seq;
       return { entry, added };
     }
+    if (kind === 'agent.info') {
+      if (lane !== 'main') return null; // a quick turn's agent has a context of its own
+      this.agent = { ...data };
+      return { stateChanged: true };
+    }
     if (kind === 'state') {
       this.state = { ...pick(data, ['agent_state', 'outstanding_llm_calls', 'outstanding_tool_calls']), turn, lane };
       return { stateChanged: true };
@@ -145,6 +151,7 @@ export class Transcript {
     const fold = new Transcript();
     fold.seq = snapshot.seq || 0;
     fold.todos = snapshot.todos || [];
+    fold.agent = snapshot.agent || {};
     const lastTodos = new Map();
     for (const entry of snapshot.messages || []) {
       if (entry.kind === 'tool' && entry.name === 'todo_write' && entry.input && Array.isArray(entry.input.todos)) {
