@@ -5,6 +5,7 @@ What both must show is parametrized over both; what only one has (Gemini's `writ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -219,6 +220,9 @@ def test_codex_todo_list_is_todo_updated(agent_home: AgentHome, tmp_path: Path) 
                 {"content": "Fix the parser", "status": "pending", "activeForm": "Fix the parser"}]
     assert _of(events, "todo.updated") == [{"todos": expected}]  # started and completed: one update, not two
     assert events[-1]["type"] == "turn.completed"
+    # No model named: Codex runs the one its configuration picks, and the header says which.
+    assert _of(events, "agent.info")[0]["model"] == "gpt-5.5"
+    assert agent_home.llm.requests_for("responses")[0].model == "gpt-5.5"
 
 
 @pytest.mark.parametrize("approval", ["read-only", "full"])
@@ -264,3 +268,27 @@ def test_codex_reasoning_is_thinking(agent_home: AgentHome, tmp_path: Path) -> N
     assert _text(events) == fake.THOUGHT_ANSWER
     kinds = [e["type"] for e in events]
     assert kinds.index("thinking.done") < kinds.index("text.delta")
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_a_server_shutdown_mid_turn_leaves_no_process(agent_home: AgentHome, agent: str, tmp_path: Path) -> None:
+    sleep = {"codex": ("exec_command", {"cmd": "sleep 303"}),
+             "gemini-cli": ("run_shell_command", {"command": "sleep 303", "description": "wait"})}[agent]
+    agent_home.llm.enqueue(fake.tool_call(*sleep), provider=FAKE[agent])
+    journal = f"sqlite:///{tmp_path}/journal.db"
+    with running_app(config(journal=journal)) as (url, _):
+        create_session(url, "s", provider=agent, model=MODEL[agent],
+                       options={"cwd": str(tmp_path), "approval": "full"})
+
+        def reader() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the server goes away under it
+                run_turn(url, "s", "Wait")
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        wait_for(lambda: agent_home.running("sleep 303"), timeout=60)
+    thread.join(10)
+    assert agent_home.processes() == {}
+    with running_app(config(journal=journal)) as (url, _):
+        state = httpx.get(f"{url}/api/konsole/s/state").json()
+        assert state["running"] == [] and state["agent"]["name"] == agent

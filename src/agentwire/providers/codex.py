@@ -34,48 +34,23 @@ Mapping of its JSON lines:
 from __future__ import annotations
 
 import logging
-import os
 import tomllib
 
-from agentwire.providers import ProviderError, TurnIO, agent_mcp, agents
-from agentwire.providers.jsonl_agent import Narration, NotResumed, as_text, count, run_turn
+from agentwire.providers import TurnIO, agent_mcp, agents
+from agentwire.providers.jsonl_agent import CliAgentProvider, Narration, as_text, count
 from agentwire.types import JSON
 
 log = logging.getLogger("agentwire.providers.codex")
 
-NAME = "codex"
-DEFAULT_MODEL = "default"  # the model of the user's Codex configuration
 WARNINGS_KEPT = 10
 
 
-class CodexProvider:
-    name = NAME
+class CodexProvider(CliAgentProvider):
+    name = "codex"
+    label = "Codex CLI"
 
-    def __init__(self, model: str, options: JSON) -> None:
-        self.model = model
-        self.approval = str(options.get("approval") or "read-only")
-
-    async def close(self) -> None:
-        pass
-
-    async def run(self, io: TurnIO) -> None:
-        resume = io.resume.get("resume_id") if io.resume.get("name") == NAME else None
-        try:
-            await self._run(io, str(resume) if resume else None)
-        except NotResumed as exc:
-            log.warning("codex could not resume thread %s (%s); starting a new one", resume, exc)
-            await self._run(io, None)
-
-    async def _run(self, io: TurnIO, resume: str | None) -> None:
-        path = agents.find(NAME)
-        if path is None:
-            raise ProviderError(agents.cli_missing(NAME) or "codex: not found")
-        record: JSON = {"name": NAME, "label": "Codex CLI", "version": await agents.version(NAME),
-                        "model": self.model if self.model != DEFAULT_MODEL else configured_model(),
-                        "cwd": io.cwd, "approval": self.approval}
-        mapping = CodexMapping(io, record)
-        await run_turn(io, "codex", self.command(path, io, resume), dict(os.environ), mapping,
-                       resuming=resume is not None)
+    def shown_model(self) -> str | None:
+        return self.named_model or configured_model()  # Codex never prints the model it uses
 
     def command(self, path: str, io: TurnIO, resume: str | None) -> list[str]:
         args = [path, "exec", "--json", "--skip-git-repo-check", "-C", io.cwd]
@@ -83,8 +58,8 @@ class CodexProvider:
             args.append("--dangerously-bypass-approvals-and-sandbox")
         else:
             args += ["-c", 'sandbox_mode="read-only"', "-c", 'approval_policy="never"']
-        if self.model and self.model != DEFAULT_MODEL:
-            args += ["-m", self.model]
+        if self.named_model:
+            args += ["-m", self.named_model]
         if io.system:
             args += ["-c", f"developer_instructions={agent_mcp.toml(io.system)}"]
         if io.lane != "main":
@@ -95,6 +70,9 @@ class CodexProvider:
         if resume is not None:
             args += ["resume", resume]
         return [*args, "-"]
+
+    def mapping(self, io: TurnIO, record: JSON) -> CodexMapping:
+        return CodexMapping(io, record)
 
 
 def configured_model() -> str | None:

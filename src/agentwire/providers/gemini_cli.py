@@ -35,61 +35,45 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 
 import orjson
 
-from agentwire.providers import ProviderError, TurnIO, agent_mcp, agents
-from agentwire.providers.jsonl_agent import Narration, NotResumed, as_text, count, run_turn
+from agentwire.providers import TurnIO, agent_mcp
+from agentwire.providers.jsonl_agent import CliAgentProvider, Narration, as_text, count
 from agentwire.types import JSON
 
 log = logging.getLogger("agentwire.providers.gemini_cli")
 
-NAME = "gemini-cli"
-DEFAULT_MODEL = "default"  # Gemini CLI's own choice (its settings, else `auto`)
 WARNINGS_KEPT = 10
 _API_ERROR = re.compile(r"^\[API Error: (.*)\]$", re.S)
 
 
-class GeminiCliProvider:
-    name = NAME
+class GeminiCliProvider(CliAgentProvider):
+    name = "gemini-cli"
+    label = "Gemini CLI"
 
-    def __init__(self, model: str, options: JSON) -> None:
-        self.model = model
-        self.approval = str(options.get("approval") or "read-only")
-
-    async def close(self) -> None:
-        pass
-
-    async def run(self, io: TurnIO) -> None:
-        resume = io.resume.get("resume_id") if io.resume.get("name") == NAME else None
-        try:
-            await self._run(io, str(resume) if resume else None)
-        except NotResumed as exc:
-            log.warning("gemini-cli could not resume session %s (%s); starting a new one", resume, exc)
-            await self._run(io, None)
-
-    async def _run(self, io: TurnIO, resume: str | None) -> None:
-        path = agents.find(NAME)
-        if path is None:
-            raise ProviderError(agents.cli_missing(NAME) or "gemini-cli: not found")
-        record: JSON = {"name": NAME, "label": "Gemini CLI", "version": await agents.version(NAME),
-                        "cwd": io.cwd, "approval": self.approval}
-        env = {**os.environ, "GEMINI_CLI_NO_RELAUNCH": "1"}
-        server = agent_mcp.board_server(io)
-        with contextlib.ExitStack() as stack:
-            if server is not None:
-                env = stack.enter_context(agent_mcp.gemini_settings(server, env))
-            await run_turn(io, "gemini-cli", self.command(path, resume), env, GeminiMapping(io, record),
-                           resuming=resume is not None)
-
-    def command(self, path: str, resume: str | None) -> list[str]:
+    def command(self, path: str, io: TurnIO, resume: str | None) -> list[str]:
         args = [path, "--output-format", "stream-json", "--skip-trust",
                 "--approval-mode", "yolo" if self.approval == "full" else "default", "-p", ""]
-        if self.model and self.model != DEFAULT_MODEL:
-            args += ["-m", self.model]
+        if self.named_model:
+            args += ["-m", self.named_model]
         if resume is not None:
             args += ["--resume", resume]
         return args
+
+    def mapping(self, io: TurnIO, record: JSON) -> GeminiMapping:
+        return GeminiMapping(io, record)
+
+    @contextlib.contextmanager
+    def environment(self, io: TurnIO) -> Iterator[dict[str, str]]:
+        env = {**os.environ, "GEMINI_CLI_NO_RELAUNCH": "1"}
+        server = agent_mcp.board_server(io)
+        if server is None:
+            yield env
+        else:
+            with agent_mcp.gemini_settings(server, env) as with_server:
+                yield with_server
 
 
 class GeminiMapping:

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import orjson
 
-from agentwire.providers import ProviderError, TurnIO
+from agentwire.providers import ProviderError, TurnIO, agents
 from agentwire.providers._llm import BlockKind, Blocks
 from agentwire.providers.process import new_tag, stop_tagged, tagged_env
 from agentwire.types import JSON
@@ -225,6 +225,58 @@ async def _follow(io: TurnIO, child: AgentProcess, mapping: Mapping, resuming: b
     elif child.skipped_count:
         what += f"; {child.skipped_count} line(s) were not JSON events, the first: {child.skipped[0][:120]!r}"
     raise ProviderError(child.failure(what))
+
+
+class CliAgentProvider:
+    """What the CLI providers share: the session's approval, resuming the CLI's own session (a fresh one
+    when it forgot it), the agent record, and one `run_turn`. A subclass says how to call its CLI."""
+
+    name = ""
+    label = ""
+    default_model = "default"  # the model the user's own CLI configuration picks
+
+    def __init__(self, model: str, options: JSON) -> None:
+        self.model = model
+        self.approval = str(options.get("approval") or "read-only")
+
+    @property
+    def named_model(self) -> str | None:
+        """The model the session names (passed to the CLI), or None: the CLI's configuration decides."""
+        return self.model if self.model and self.model != self.default_model else None
+
+    def shown_model(self) -> str | None:
+        """The model for the agent record, as far as it is known before the CLI says."""
+        return self.named_model
+
+    async def close(self) -> None:
+        pass
+
+    async def run(self, io: TurnIO) -> None:
+        resume = io.resume.get("resume_id") if io.resume.get("name") == self.name else None
+        try:
+            await self._turn(io, str(resume) if resume else None)
+        except NotResumed as exc:
+            log.warning("%s could not resume session %s (%s); starting a new one", self.name, resume, exc)
+            await self._turn(io, None)
+
+    async def _turn(self, io: TurnIO, resume: str | None) -> None:
+        path = agents.find(self.name)
+        if path is None:
+            raise ProviderError(agents.cli_missing(self.name) or f"{self.name}: not found")
+        record: JSON = {"name": self.name, "label": self.label, "version": await agents.version(self.name),
+                        "model": self.shown_model(), "cwd": io.cwd, "approval": self.approval}
+        with self.environment(io) as env:
+            await run_turn(io, self.name, self.command(path, io, resume), env, self.mapping(io, record),
+                           resuming=resume is not None)
+
+    def command(self, path: str, io: TurnIO, resume: str | None) -> list[str]:
+        raise NotImplementedError
+
+    def mapping(self, io: TurnIO, record: JSON) -> Mapping:
+        raise NotImplementedError
+
+    def environment(self, io: TurnIO) -> contextlib.AbstractContextManager[dict[str, str]]:
+        return contextlib.nullcontext(dict(os.environ))
 
 
 class Narration:
