@@ -9,7 +9,6 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,8 +21,8 @@ from tests.support.agent_clis import (
     MODEL,
     VERSION,
     AgentHome,
+    agent_session,
     config,
-    prepared_home,
     texts_sent,
     tools_offered,
 )
@@ -32,11 +31,6 @@ from tests.support.turns import create_session, run_turn, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
-
-@pytest.fixture
-def agent_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentHome]:
-    with prepared_home(tmp_path, monkeypatch) as home:
-        yield home
 
 
 def _text(events: list[dict[str, object]]) -> str:
@@ -51,7 +45,7 @@ def _of(events: list[dict[str, object]], kind: str) -> list[dict[str, object]]:
 def test_text_usage_and_the_agent_record(agent_home: AgentHome, agent: str, tmp_path: Path) -> None:
     agent_home.llm.enqueue(fake.text("Hello from the fake model, streamed in parts."), provider=FAKE[agent])
     with running_app(config()) as (url, _):
-        create_session(url, "s", provider=agent, model=MODEL[agent], options={"cwd": str(tmp_path)})
+        agent_session(url, agent, tmp_path)
         events = run_turn(url, "s", "Say hello")
         state = httpx.get(f"{url}/api/konsole/s/state").json()
     assert events[0]["type"] == "turn.started" and events[0]["data"]["provider"] == agent
@@ -99,7 +93,7 @@ def test_turns_continue_the_session_also_after_a_restart(agent_home: AgentHome, 
                            provider=FAKE[agent])
     journal = f"sqlite:///{tmp_path}/journal.db"
     with running_app(config(journal=journal)) as (url, _):
-        create_session(url, "s", provider=agent, model=MODEL[agent], options={"cwd": str(tmp_path)})
+        agent_session(url, agent, tmp_path)
         first = run_turn(url, "s", "Remember the word quince.")
         second = run_turn(url, "s", "Which word?")
     with running_app(config(journal=journal)) as (url, _):
@@ -118,7 +112,7 @@ def test_turns_continue_the_session_also_after_a_restart(agent_home: AgentHome, 
 def test_a_quick_turn_has_its_own_context(agent_home: AgentHome, agent: str, tmp_path: Path) -> None:
     agent_home.llm.enqueue(fake.text("Main answer."), fake.text("Quick answer."), provider=FAKE[agent])
     with running_app(config()) as (url, _):
-        create_session(url, "s", provider=agent, model=MODEL[agent], options={"cwd": str(tmp_path)})
+        agent_session(url, agent, tmp_path)
         main = run_turn(url, "s", "The main question.")
         quick = run_turn(url, "s", "A quick one.", lane="quick")
         state = httpx.get(f"{url}/api/konsole/s/state").json()
@@ -132,7 +126,7 @@ def test_a_quick_turn_has_its_own_context(agent_home: AgentHome, agent: str, tmp
 def test_an_api_error_is_one_readable_turn_failed(agent_home: AgentHome, agent: str, tmp_path: Path) -> None:
     agent_home.llm.enqueue(fake.auth_error(), provider=FAKE[agent])
     with running_app(config()) as (url, _):
-        create_session(url, "s", provider=agent, model=MODEL[agent], options={"cwd": str(tmp_path)})
+        agent_session(url, agent, tmp_path)
         events = run_turn(url, "s", "This will fail")
         assert httpx.get(f"{url}/healthz").status_code == 200
     end = events[-1]
@@ -152,8 +146,7 @@ def test_cancel_during_a_sleep_leaves_no_process(agent_home: AgentHome, agent: s
              "gemini-cli": ("run_shell_command", {"command": "sleep 301", "description": "wait"})}[agent]
     agent_home.llm.enqueue(fake.tool_call(*sleep), fake.text("never"), provider=FAKE[agent])
     with running_app(config()) as (url, _):
-        create_session(url, "s", provider=agent, model=MODEL[agent],
-                       options={"cwd": str(tmp_path), "approval": "full"})
+        agent_session(url, agent, tmp_path, approval="full")
         started = threading.Event()
         events: list[dict[str, object]] = []
         thread = threading.Thread(target=lambda: events.extend(run_turn(
@@ -174,8 +167,7 @@ def test_an_agent_that_dies_fails_the_turn_and_leaves_no_process(agent_home: Age
              "gemini-cli": ("run_shell_command", {"command": "sleep 302", "description": "wait"})}[agent]
     agent_home.llm.enqueue(fake.tool_call(*sleep), provider=FAKE[agent])
     with running_app(config()) as (url, _):
-        create_session(url, "s", provider=agent, model=MODEL[agent],
-                       options={"cwd": str(tmp_path), "approval": "full"})
+        agent_session(url, agent, tmp_path, approval="full")
         events: list[dict[str, object]] = []
         thread = threading.Thread(target=lambda: events.extend(run_turn(url, "s", "Wait")))
         thread.start()
@@ -277,8 +269,7 @@ def test_a_server_shutdown_mid_turn_leaves_no_process(agent_home: AgentHome, age
     agent_home.llm.enqueue(fake.tool_call(*sleep), provider=FAKE[agent])
     journal = f"sqlite:///{tmp_path}/journal.db"
     with running_app(config(journal=journal)) as (url, _):
-        create_session(url, "s", provider=agent, model=MODEL[agent],
-                       options={"cwd": str(tmp_path), "approval": "full"})
+        agent_session(url, agent, tmp_path, approval="full")
 
         def reader() -> None:
             with contextlib.suppress(httpx.HTTPError):  # the server goes away under it

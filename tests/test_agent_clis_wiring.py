@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,9 +22,8 @@ from tests.support.agent_clis import (
     ROOT,
     VERSION,
     AgentHome,
+    agent_session,
     config,
-    prepared_home,
-    private_cache,
 )
 from tests.support.server import running_app
 from tests.support.turns import comparable, create_session, follow_until, post_turn_cut, run_turn, transcript_of
@@ -33,16 +31,6 @@ from tests.support.turns import comparable, create_session, follow_until, post_t
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def agent_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentHome]:
-    with prepared_home(tmp_path, monkeypatch) as home:
-        yield home
-
-
-@pytest.fixture
-def cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    with private_cache(monkeypatch) as directory:
-        yield directory
 
 SHELL = {"codex": ("exec_command", {"cmd": "printf 'listed %s\\n' files"}),
          "gemini-cli": ("run_shell_command", {"command": "printf 'listed %s\\n' files", "description": "list"})}
@@ -93,7 +81,7 @@ def test_the_transcript_from_deltas_equals_the_final_one_and_a_cut_resumes_to_it
 def test_a_session_the_cli_forgot_starts_afresh(agent_home: AgentHome, agent: str, tmp_path: Path) -> None:
     agent_home.llm.enqueue(fake.text("One."), fake.text("Two."), provider=FAKE[agent])
     with running_app(config()) as (url, _):
-        create_session(url, "s", provider=agent, model=MODEL[agent], options={"cwd": str(tmp_path)})
+        agent_session(url, agent, tmp_path)
         first = run_turn(url, "s", "One?")
         # The CLI's own record of the conversation is gone (another machine, a cleaned home).
         shutil.rmtree(agent_home.codex_home / "sessions" if agent == "codex" else agent_home.home / ".gemini" / "tmp")
@@ -105,7 +93,7 @@ def test_a_session_the_cli_forgot_starts_afresh(agent_home: AgentHome, agent: st
 
 @pytest.mark.parametrize("agent", AGENTS)
 def test_the_cli_starts_the_mcp_server_it_is_given_and_calls_it(
-        agent_home: AgentHome, cache: Path, agent: str, tmp_path: Path,
+        agent_home: AgentHome, agent_cache: Path, agent: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / "probe.log"
     probe = McpServer("probe", [sys.executable, str(ROOT / "tests" / "support" / "mcp_probe.py"), str(log)])
@@ -114,7 +102,7 @@ def test_the_cli_starts_the_mcp_server_it_is_given_and_calls_it(
     tool = {"codex": "mcp__probe/probe_note", "gemini-cli": "mcp_probe_probe_note"}[agent]
     agent_home.llm.enqueue(fake.tool_call(tool, {"text": "card published"}), fake.text("Noted."), provider=FAKE[agent])
     with running_app(config()) as (url, _):
-        create_session(url, "s", provider=agent, model=MODEL[agent], options={"cwd": str(tmp_path)})
+        agent_session(url, agent, tmp_path)
         events = run_turn(url, "s", "Publish a card")
     assert log.read_text().splitlines() == ["started", "called card published"]
     call = next(e["data"] for e in events if e["type"] == "tool.call")
@@ -122,7 +110,7 @@ def test_the_cli_starts_the_mcp_server_it_is_given_and_calls_it(
     assert call["name"] in ("mcp__probe__probe_note", "mcp_probe_probe_note") and call["input"] == {
         "text": "card published"}
     assert result["output"] == "noted: card published" and result["is_error"] is False
-    assert list(cache.glob("agentwire/*")) == []  # Gemini's settings file is gone after the run
+    assert list(agent_cache.glob("agentwire/*")) == []  # Gemini's settings file is gone after the run
 
 
 def test_agents_are_listed_with_version_and_availability(agent_home: AgentHome, tmp_path: Path,

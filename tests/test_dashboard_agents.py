@@ -5,14 +5,13 @@ working directory and approval."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.fakes import llm_servers as fake
-from tests.support.agent_clis import VERSION, AgentHome, config, prepared_home
+from tests.support.agent_clis import VERSION, AgentHome, config
 from tests.support.browser import Dashboard, chromium_path, launch, new_context
 from tests.support.server import running_app
 
@@ -23,16 +22,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def agent_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentHome]:
+def test_the_form_offers_available_agents_and_the_header_shows_the_agent(agent_home: AgentHome, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    with prepared_home(tmp_path, monkeypatch) as home:
-        monkeypatch.delenv("TMPDIR")  # Chromium's socket path under the test's own TMPDIR would be too long
-        yield home
-
-
-def test_the_form_offers_available_agents_and_the_header_shows_the_agent(agent_home: AgentHome,
-                                                                         tmp_path: Path) -> None:
+    monkeypatch.delenv("TMPDIR")  # Chromium's socket path under the test's own TMPDIR would be too long
     work = tmp_path / "work"
     work.mkdir()
     agent_home.llm.enqueue(fake.text("Codex here."), provider="responses")

@@ -20,6 +20,7 @@ from agentwire.config import Config
 from tests.fakes import openai_responses
 from tests.fakes.llm_servers import FakeLLMServer, RecordedRequest
 from tests.support.server import free_port
+from tests.support.turns import create_session
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARIES = {"codex": ROOT / "node_modules" / ".bin" / "codex", "gemini-cli": ROOT / "node_modules" / ".bin" / "gemini"}
@@ -130,6 +131,11 @@ def private_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(dir=base) as directory:
         monkeypatch.setenv("XDG_CACHE_HOME", directory)
         yield Path(directory)
+
+
+def agent_session(url: str, agent: str, cwd: Path, name: str = "s", **options: object) -> None:
+    """Create session `name` running `agent` with a model it knows, in `cwd`, with `options`."""
+    create_session(url, name, provider=agent, model=MODEL[agent], options={"cwd": str(cwd), **options})
 
 
 def texts_sent(agent: str, request: RecordedRequest, role: str) -> list[str]:

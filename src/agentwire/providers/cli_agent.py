@@ -57,6 +57,8 @@ from typing import Any
 import orjson
 
 from agentwire.providers import ProviderError, TurnIO
+from agentwire.providers.jsonl_agent import json_events
+from agentwire.providers.process import exit_status, keep_tail
 from agentwire.types import JSON
 
 log = logging.getLogger("agentwire.providers.cli")
@@ -208,19 +210,9 @@ class _Child:
         return self.proc.returncode
 
     async def _drain_stderr(self) -> None:
-        stream = self.proc.stderr
-        assert stream is not None
-        while True:
-            try:
-                raw = await stream.readline()
-            except ValueError:  # a line over the limit: its start is dropped, keep reading
-                continue
-            if not raw:
-                return
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self.stderr_tail.append(line[:2000])
-                log.debug("cli agent %s stderr: %s", self.pid, line[:2000])
+        assert self.proc.stderr is not None
+        await keep_tail(self.proc.stderr, self.stderr_tail,
+                        lambda line: log.debug("cli agent %s stderr: %s", self.pid, line))
 
     async def exited(self) -> int:
         """Wait for the process itself to exit. Polled: before Python 3.12 `Process.wait()` also waits
@@ -277,17 +269,7 @@ class _Child:
                 self._stderr_task.cancel()
 
     def died_message(self, what: str) -> str:
-        code = self.proc.returncode
-        if code is None:
-            status = "is still running"
-        elif code < 0:
-            try:
-                status = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                status = f"was killed by signal {-code}"
-        else:
-            status = f"exited with code {code}"
-        message = f"cli agent {status} ({what})"
+        message = f"cli agent {exit_status(self.proc.returncode)} ({what})"
         if self.stderr_tail:
             message += "; stderr: " + " | ".join(list(self.stderr_tail)[-5:])
         return message
@@ -352,27 +334,8 @@ class _Conversation:
             self.child.close_stdin()
 
     async def _read(self) -> None:
-        stdout = self.child.proc.stdout
-        assert stdout is not None
-        while True:
-            try:
-                raw = await stdout.readline()
-            except ValueError:
-                self._bad(f"<a line over {LINE_LIMIT} bytes>")
-                continue
-            if not raw:
-                return
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                self._bad(line.decode(errors="replace"))
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-                self._bad(line.decode(errors="replace"))
-                continue
+        assert self.child.proc.stdout is not None
+        async for obj in json_events(self.child.proc.stdout, self._bad):
             await self._handle(obj)
             if self.result is not None:
                 return

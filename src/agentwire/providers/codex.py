@@ -37,13 +37,10 @@ import logging
 import tomllib
 
 from agentwire.providers import TurnIO, agent_mcp, agents
-from agentwire.providers.jsonl_agent import CliAgentProvider, Narration, as_text, count
+from agentwire.providers.jsonl_agent import CliAgentProvider, LineMapping, as_text, count
 from agentwire.types import JSON
 
 log = logging.getLogger("agentwire.providers.codex")
-
-WARNINGS_KEPT = 10
-
 
 class CodexProvider(CliAgentProvider):
     name = "codex"
@@ -85,14 +82,9 @@ def configured_model() -> str | None:
     return model if isinstance(model, str) else None
 
 
-class CodexMapping:
+class CodexMapping(LineMapping):
     def __init__(self, io: TurnIO, record: JSON) -> None:
-        self.io = io
-        self.record = record
-        self.say = Narration(io)
-        self.finished = False
-        self.error: str | None = None
-        self.lines = 0
+        super().__init__(io, record)
         self._todos: list[JSON] | None = None
 
     async def handle(self, line: JSON) -> None:
@@ -124,9 +116,6 @@ class CodexMapping:
             self.lines -= 1
             log.debug("codex: unknown line type %r", kind)
 
-    async def end(self) -> None:
-        await self.say.finish()
-
     async def _item(self, item: JSON, *, done: bool) -> None:
         kind = item.get("type")
         call_id = as_text(item.get("id"))
@@ -137,9 +126,7 @@ class CodexMapping:
         elif kind == "todo_list":
             await self._todo_list(item.get("items"))
         elif kind == "error":
-            warnings = self.io.usage.extra.setdefault("warnings", [])
-            if len(warnings) < WARNINGS_KEPT:
-                warnings.append(as_text(item.get("message")))
+            self.warn(as_text(item.get("message")))
         elif kind in _TOOLS:
             name, tool_input = _TOOLS[kind](item)
             await self.say.call(call_id, name, tool_input)

@@ -40,12 +40,11 @@ from collections.abc import Iterator
 import orjson
 
 from agentwire.providers import TurnIO, agent_mcp
-from agentwire.providers.jsonl_agent import CliAgentProvider, Narration, as_text, count
+from agentwire.providers.jsonl_agent import CliAgentProvider, LineMapping, as_text, count
 from agentwire.types import JSON
 
 log = logging.getLogger("agentwire.providers.gemini_cli")
 
-WARNINGS_KEPT = 10
 _API_ERROR = re.compile(r"^\[API Error: (.*)\]$", re.S)
 
 
@@ -76,14 +75,9 @@ class GeminiCliProvider(CliAgentProvider):
                 yield with_server
 
 
-class GeminiMapping:
+class GeminiMapping(LineMapping):
     def __init__(self, io: TurnIO, record: JSON) -> None:
-        self.io = io
-        self.record = record
-        self.say = Narration(io)
-        self.finished = False
-        self.error: str | None = None
-        self.lines = 0
+        super().__init__(io, record)
         self._todos: dict[str, list[JSON]] = {}  # write_todos calls waiting for their result
 
     async def handle(self, line: JSON) -> None:
@@ -106,17 +100,12 @@ class GeminiMapping:
             if line.get("severity") == "error":
                 self.error = f"gemini-cli: {_readable(message)}"
             else:
-                warnings = self.io.usage.extra.setdefault("warnings", [])
-                if len(warnings) < WARNINGS_KEPT:
-                    warnings.append(message)
+                self.warn(message)
         elif kind == "result":
             self._result(line)
         else:
             self.lines -= 1
             log.debug("gemini-cli: unknown line type %r", kind)
-
-    async def end(self) -> None:
-        await self.say.finish()
 
     async def _tool_use(self, line: JSON) -> None:
         call_id, name = as_text(line.get("tool_id")), as_text(line.get("tool_name")) or "tool"

@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Protocol
 
@@ -37,7 +37,7 @@ import orjson
 
 from agentwire.providers import ProviderError, TurnIO, agents
 from agentwire.providers._llm import BlockKind, Blocks
-from agentwire.providers.process import new_tag, stop_tagged, tagged_env
+from agentwire.providers.process import exit_status, keep_tail, new_tag, stop_tagged, tagged_env
 from agentwire.types import JSON
 
 log = logging.getLogger("agentwire.providers.jsonl")
@@ -47,6 +47,7 @@ STDERR_LINES = 20
 STOP_GRACE = 1.5  # seconds between SIGTERM and SIGKILL
 AFTER_FINAL = 5.0  # seconds the CLI may take to exit after its final line
 AFTER_EOF = 10.0  # seconds it may take to exit after closing its stdout without one
+WARNINGS_KEPT = 10
 
 
 class NotResumed(ProviderError):
@@ -105,28 +106,9 @@ class AgentProcess:
         except (BrokenPipeError, ConnectionResetError):
             pass  # the child is gone already: its exit status and stderr tell why
 
-    async def lines(self) -> AsyncIterator[JSON]:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        while True:
-            try:
-                raw = await stdout.readline()
-            except ValueError:
-                self._skip(f"<a line over {LINE_LIMIT} bytes>")
-                continue
-            if not raw:
-                return
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                obj = None
-            if isinstance(obj, dict) and isinstance(obj.get("type"), str):
-                yield obj
-            else:
-                self._skip(line.decode(errors="replace"))
+    def lines(self) -> AsyncIterator[JSON]:
+        assert self.proc.stdout is not None
+        return json_events(self.proc.stdout, self._skip)
 
     def _skip(self, line: str) -> None:
         self.skipped_count += 1
@@ -135,18 +117,8 @@ class AgentProcess:
         log.debug("%s %s: skipped a line that is not a JSON event: %.200s", self.label, self.proc.pid, line)
 
     async def _drain_stderr(self) -> None:
-        stream = self.proc.stderr
-        assert stream is not None
-        while True:
-            try:
-                raw = await stream.readline()
-            except ValueError:
-                continue
-            if not raw:
-                return
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self.stderr_tail.append(line[:2000])
+        assert self.proc.stderr is not None
+        await keep_tail(self.proc.stderr, self.stderr_tail)
 
     async def exited(self, timeout: float) -> bool:
         """Wait for the child itself to exit. Polled: before Python 3.12 `Process.wait()` also waits for
@@ -172,20 +144,33 @@ class AgentProcess:
         self._stderr.cancel()
 
     def failure(self, what: str) -> str:
-        code = self.proc.returncode
-        if code is None:
-            status = "did not exit"
-        elif code < 0:
-            try:
-                status = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                status = f"was killed by signal {-code}"
-        else:
-            status = f"exited with code {code}"
-        message = f"{self.label} {status} {what}"
+        message = f"{self.label} {exit_status(self.proc.returncode)} {what}"
         if self.stderr_tail:
             message += "; stderr: " + " | ".join(list(self.stderr_tail)[-5:])
         return message
+
+
+async def json_events(stream: asyncio.StreamReader, skip: Callable[[str], None]) -> AsyncIterator[JSON]:
+    """The JSON objects with a string `type` a child prints, one per line; every other line goes to `skip`."""
+    while True:
+        try:
+            raw = await stream.readline()
+        except ValueError:
+            skip(f"<a line over {LINE_LIMIT} bytes>")
+            continue
+        if not raw:
+            return
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("type"), str):
+            yield obj
+        else:
+            skip(line.decode(errors="replace"))
 
 
 async def run_turn(io: TurnIO, label: str, args: list[str], env: dict[str, str], mapping: Mapping, *,
@@ -277,6 +262,27 @@ class CliAgentProvider:
 
     def environment(self, io: TurnIO) -> contextlib.AbstractContextManager[dict[str, str]]:
         return contextlib.nullcontext(dict(os.environ))
+
+
+class LineMapping:
+    """The state every `Mapping` keeps; a CLI's own mapping adds `handle`."""
+
+    def __init__(self, io: TurnIO, record: JSON) -> None:
+        self.io = io
+        self.record = record  # the agent record, completed from the CLI's first line
+        self.say = Narration(io)
+        self.finished = False
+        self.error: str | None = None
+        self.lines = 0
+
+    async def end(self) -> None:
+        await self.say.finish()
+
+    def warn(self, message: str) -> None:
+        """A warning the CLI printed, kept (the first few) in the usage."""
+        warnings = self.io.usage.extra.setdefault("warnings", [])
+        if len(warnings) < WARNINGS_KEPT:
+            warnings.append(message)
 
 
 class Narration:

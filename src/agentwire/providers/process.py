@@ -13,7 +13,8 @@ import asyncio
 import os
 import secrets
 import signal
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 
 TAG_VARIABLE = "AGENTWIRE_AGENT_TAG"
 _PROC = "/proc"
@@ -60,6 +61,35 @@ def signal_all(pids: Iterable[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def exit_status(returncode: int | None) -> str:
+    """How a child ended, in words for an error message: "exited with code 1", "was killed by SIGKILL"."""
+    if returncode is None:
+        return "is still running"
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+
+
+async def keep_tail(stream: asyncio.StreamReader, tail: deque[str],
+                    on_line: Callable[[str], None] | None = None) -> None:
+    """Read a child's stream (its stderr) to the end, keeping its last lines in `tail` for error messages."""
+    while True:
+        try:
+            raw = await stream.readline()
+        except ValueError:  # a line over the reader's limit: its start is dropped, keep reading
+            continue
+        if not raw:
+            return
+        line = raw.decode(errors="replace").rstrip()[:2000]
+        if line:
+            tail.append(line)
+            if on_line is not None:
+                on_line(line)
 
 
 async def stop_tagged(tag: str, *, grace: float = 1.5, first: signal.Signals = signal.SIGTERM) -> list[int]:
