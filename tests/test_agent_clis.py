@@ -17,6 +17,7 @@ import pytest
 from tests.fakes import llm_servers as fake
 from tests.support.agent_clis import (
     AGENTS,
+    BINARIES,
     FAKE,
     MODEL,
     VERSION,
@@ -26,7 +27,7 @@ from tests.support.agent_clis import (
     texts_sent,
     tools_offered,
 )
-from tests.support.server import running_app
+from tests.support.server import ServerProcess, running_app
 from tests.support.turns import create_session, run_turn, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,13 +92,15 @@ def test_a_shell_command_and_its_output(agent_home: AgentHome, agent: str, tmp_p
 def test_turns_continue_the_session_also_after_a_restart(agent_home: AgentHome, agent: str, tmp_path: Path) -> None:
     agent_home.llm.enqueue(fake.text("First answer."), fake.text("Second answer."), fake.text("Third answer."),
                            provider=FAKE[agent])
-    journal = f"sqlite:///{tmp_path}/journal.db"
-    with running_app(config(journal=journal)) as (url, _):
-        agent_session(url, agent, tmp_path)
-        first = run_turn(url, "s", "Remember the word quince.")
-        second = run_turn(url, "s", "Which word?")
-    with running_app(config(journal=journal)) as (url, _):
-        third = run_turn(url, "s", "And once more?")
+    # `agentwire serve` in a process of its own, told where the CLIs are by its flags, then started again.
+    flags = ["--codex-bin", str(BINARIES["codex"]), "--gemini-bin", str(BINARIES["gemini-cli"])]
+    with ServerProcess(f"sqlite:///{tmp_path}/journal.db", args=flags) as server:
+        agent_session(server.url, agent, tmp_path)
+        first = run_turn(server.url, "s", "Remember the word quince.")
+        second = run_turn(server.url, "s", "Which word?")
+        server.terminate()
+        server.start()
+        third = run_turn(server.url, "s", "And once more?")
     ids = [_of(turn, "agent.info")[0]["resume_id"] for turn in (first, second, third)]
     assert ids[0] and ids == [ids[0]] * 3, ids
     assert [_text(t) for t in (first, second, third)] == ["First answer.", "Second answer.", "Third answer."]

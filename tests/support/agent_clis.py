@@ -106,7 +106,7 @@ enabled = true
 
 
 def config(**overrides: object) -> Config:
-    values: dict[str, object] = {"port": free_port(), "journal": "memory://", "no_auth": True, "quick_pool": 0,
+    values: dict[str, object] = {"port": free_port(), "journal": "memory://", "no_auth": True,
                                  "codex_bin": str(BINARIES["codex"]), "gemini_bin": str(BINARIES["gemini-cli"])}
     values.update(overrides)
     return Config(**values)  # type: ignore[arg-type]
