@@ -1,7 +1,6 @@
 """The pieces of the `codex` and `gemini-cli` providers on their own: line mappings for what the fakes
 cannot make the real CLIs print (web searches, retries, warnings, a rejected todo list), the shared
-child-process helper on lines that are not JSON, the MCP settings each CLI gets, credential checks,
-and the `--codex-bin` / `--gemini-bin` flags."""
+child-process helper on lines that are not JSON, the MCP settings each CLI gets, credential checks."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from agentwire.cli import build_parser, config_from
 from agentwire.providers import ProviderError, agent_mcp, agents
 from agentwire.providers.agent_mcp import McpServer
 from agentwire.providers.codex import CodexMapping
@@ -210,10 +208,3 @@ def test_gemini_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / ".gemini").mkdir()
     (tmp_path / ".gemini" / ".env").write_text("export GEMINI_API_KEY=abc\n")
     assert agents.gemini_credentials() is None
-
-
-def test_binary_flags_and_their_environment_twins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENTWIRE_GEMINI_BIN", "/from/env/gemini")
-    config = config_from(build_parser().parse_args(["serve", "--no-auth", "--codex-bin", "/from/flag/codex"]))
-    assert (config.codex_bin, config.gemini_bin) == ("/from/flag/codex", "/from/env/gemini")
-    assert config.to_env()["AGENTWIRE_CODEX_BIN"] == "/from/flag/codex"

@@ -86,6 +86,8 @@ SAMPLES: dict[str, tuple[str, list[str], object, object]] = {
     "log_level": ("debug", ["--log-level", "warning"], "debug", "warning"),
     "lease_seconds": ("3.5", ["--lease-seconds", "1.5"], 3.5, 1.5),
     "buffer_limit": ("65536", ["--buffer-limit", "4096"], 65536, 4096),
+    "codex_bin": ("/env/codex", ["--codex-bin", "/flag/codex"], "/env/codex", "/flag/codex"),
+    "gemini_bin": ("/env/gemini", ["--gemini-bin", "/flag/gemini"], "/env/gemini", "/flag/gemini"),
 }
 
 
