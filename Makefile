@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 LOCK_FLAGS := --generate-hashes --universal --python-version 3.11 --quiet
 EXTRAS_RUN := --extra redis --extra providers --extra claude --extra mcp
 
-.PHONY: run test test-latest check lint typecheck bench system-deps node-deps install lock clean
+.PHONY: run test test-latest check lint typecheck bench system-deps node-deps install lock vendor clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,21 @@ node_modules/.installed: package-lock.json
 	touch $@
 
 node-deps: node_modules/.installed
+
+# The dashboard's one third-party module: markdown-it's single-file browser build (its dependencies
+# bundled in; argparse, for its command line, is not), copied from node_modules as package-lock.json
+# pins it, with each bundled package's licence and version. The copies are committed, so the page
+# runs with no build step. After changing markdown-it's version in package.json (then
+# `npm install --package-lock-only`), run `make vendor`.
+VENDOR := src/agentwire/web/vendor
+vendor: node-deps
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)
+	sed '/^\/\/# sourceMappingURL=/d' node_modules/markdown-it/dist/browser/markdown-it.esm.min.mjs > $(VENDOR)/markdown-it.js
+	deps=$$(node -p 'Object.keys(require("./node_modules/markdown-it/package.json").dependencies).filter(n => n !== "argparse").sort().join(" ")'); \
+	for name in markdown-it $$deps; do \
+	  node -p "const p = require('./node_modules/$$name/package.json'); [p.name, p.version, p.license].join(' ')" >> $(VENDOR)/VERSIONS; \
+	  cp "$$(ls node_modules/$$name/LICENSE* | head -n 1)" $(VENDOR)/$$name.LICENSE; \
+	done
 
 # Debian packages the tests drive for real: a redis-server of their own, and Chromium.
 system-deps:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import json
 import multiprocessing
 import os
@@ -29,29 +28,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from common import cpu_seconds, die_with_parent, raise_nofile
+from common import call_json, cpu_seconds, die_with_parent, free_port, raise_nofile, stop_process
 
 HOST = "127.0.0.1"
 TS = re.compile(rb'"ts":(\d+)')
 SEQ = re.compile(rb'"seq":(\d+)')
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _request(port: int, method: str, path: str, body: Any = None) -> Any:
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
-    payload = None if body is None else json.dumps(body)
-    conn.request(method, path, body=payload, headers={"content-type": "application/json"})
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    if response.status >= 300:
-        raise RuntimeError(f"{method} {path}: {response.status} {data[:200]!r}")
-    return json.loads(data) if data else None
 
 
 async def _viewer(port: int, session: str, after: int, stop_at: float, out: dict[str, Any]) -> None:
@@ -131,7 +112,7 @@ def run(sessions: int = 100, viewers: int = 5, rate: float = 50, seconds: float 
         client_processes: int = 2) -> dict[str, Any]:
     raise_nofile()
     workdir = Path(tempfile.mkdtemp(prefix="agentwire-bench-console-"))
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "agentwire", "serve", "--port", str(port), "--no-auth",
                                "--journal", f"sqlite:///{workdir / 'console.db'}", "--log-level", "warning"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -139,7 +120,7 @@ def run(sessions: int = 100, viewers: int = 5, rate: float = 50, seconds: float 
         deadline = time.monotonic() + 30
         while True:
             try:
-                _request(port, "GET", "/healthz")
+                call_json(port, "GET", "/healthz")
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -149,10 +130,10 @@ def run(sessions: int = 100, viewers: int = 5, rate: float = 50, seconds: float 
         names = []
         for index in range(sessions):
             name = f"bench-{index}"
-            _request(port, "POST", "/api/konsole", {"name": name, "options": {
+            call_json(port, "POST", "/api/konsole", {"name": name, "options": {
                 "deltas": deltas, "delay_ms": 1000 / rate, "tool_calls": 0, "thinking": False}})
-            names.append((name, _request(port, "GET", f"/api/konsole/{name}/state")["head"]))
-        _request(port, "POST", "/api/konsole", {"name": "bench-quick", "options": {"deltas": 5, "delay_ms": 0}})
+            names.append((name, call_json(port, "GET", f"/api/konsole/{name}/state")["head"]))
+        call_json(port, "POST", "/api/konsole", {"name": "bench-quick", "options": {"deltas": 5, "delay_ms": 0}})
         stop_at = time.time() + 3 * seconds + 20  # viewers stop at their turn's end, or give up here
         pipes, procs = [], []
         for part in range(client_processes):
@@ -196,11 +177,7 @@ def run(sessions: int = 100, viewers: int = 5, rate: float = 50, seconds: float 
             "quick_first_event_median_ms": round(statistics.median(quick) * 1000, 1),
         }
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
 
 
 def main() -> None:

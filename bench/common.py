@@ -19,6 +19,8 @@ import json
 import os
 import resource
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +35,37 @@ TEXT = "The quick brown fox jumps over the lazy dog. "
 PR_SET_PDEATHSIG = 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def call_json(port: int, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+    """An API call with a JSON body (or none) on 127.0.0.1; its JSON answer, or HttpStatusError."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers={"content-type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    if response.status >= 300:
+        raise HttpStatusError(f"{method} {path}: HTTP {response.status} {data[:300]!r}")
+    return json.loads(data) if data else None
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def raise_nofile() -> int:
@@ -132,14 +165,5 @@ class HttpStatusError(RuntimeError):
 
 def request_json(port: int, method: str, path: str, timeout: float) -> dict[str, Any]:
     """A bench endpoint's JSON answer (the servers under test all offer the same bench routes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, headers={"Content-Length": "0"} if method == "POST" else {})
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status >= 300:
-        raise HttpStatusError(f"{method} {path}: HTTP {response.status} {body[:300]!r}")
-    result: dict[str, Any] = json.loads(body)
+    result: dict[str, Any] = call_json(port, method, path, timeout=timeout)
     return result

@@ -504,6 +504,12 @@ def _multinode(name: str) -> Callable[[Context], Table]:
     return case
 
 
+def _claude(ctx: Context) -> Table:
+    import bench_claude
+
+    return bench_claude.case_claude(ctx, Table)  # type: ignore[no-any-return]
+
+
 def _bench_ws() -> Any:
     import bench_ws
 
@@ -527,6 +533,7 @@ CASES = [
     Case("fanout3", _multinode("fanout3")),
     Case("ws_fanout", lambda ctx: _bench_ws().case_ws_fanout(ctx, Table)),
     Case("ws_multiplex", lambda ctx: _bench_ws().case_ws_multiplex(ctx, Table)),
+    Case("claude", _claude),
 ]
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from agentwire.config import Config
 from tests.support.agent_clis import AgentHome, prepared_home, private_cache
+from tests.support.protocols import served
 from tests.support.server import free_port, running_app
 from tests.support.sse import SseStream
 
@@ -86,3 +87,10 @@ def agent_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """`XDG_CACHE_HOME` where Gemini CLI accepts agentwire's settings files (see `private_cache`)."""
     with private_cache(monkeypatch) as directory:
         yield directory
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server per module for the protocol views (AG-UI, AI SDK), with a token their clients send."""
+    with served(tmp_path_factory.mktemp("protocols")) as url:
+        yield url

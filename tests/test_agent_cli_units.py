@@ -1,12 +1,12 @@
 """The pieces of the `codex` and `gemini-cli` providers on their own: line mappings for what the fakes
 cannot make the real CLIs print (web searches, retries, warnings, a rejected todo list), the shared
-child-process helper on lines that are not JSON, the MCP settings each CLI gets, credential checks."""
+child process and its reader (`jsonl_agent.run_turn`) on lines that are not JSON, the MCP settings
+each CLI gets, credential checks."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import tomllib
 from pathlib import Path
@@ -114,7 +114,7 @@ def test_gemini_api_errors_read_as_their_message(message: str, readable: str) ->
 
 class _Counting:
     def __init__(self) -> None:
-        self.finished, self.error, self.lines, self.seen = False, None, 0, []
+        self.finished, self.error, self.started, self.lines, self.seen = False, None, False, 0, []
 
     async def handle(self, line: JSON) -> None:
         self.lines += 1
@@ -129,8 +129,7 @@ def _run(script: str, tmp_path: Path, *, resuming: bool = False) -> tuple[Record
     io = RecordingTurnIO(cwd=str(tmp_path), message="the prompt")
     mapping = _Counting()
     try:
-        asyncio.run(run_turn(io, "probe", [sys.executable, "-c", script], dict(os.environ), mapping,
-                             resuming=resuming))
+        asyncio.run(run_turn(io, mapping, [sys.executable, "-c", script], label="probe", resuming=resuming))
     except ProviderError as exc:
         return io, mapping, f"{type(exc).__name__}: {exc}"
     return io, mapping, ""
@@ -150,13 +149,14 @@ def test_an_exit_without_the_final_line_names_status_and_stderr(tmp_path: Path) 
     _, _, error = _run(script, tmp_path)
     assert error == "ProviderError: probe exited with code 7 before finishing the turn; stderr: boom"
     _, _, error = _run("import sys; sys.stderr.write('no such session\\n'); sys.exit(1)", tmp_path, resuming=True)
-    assert error.startswith("NotResumed: probe exited with code 1 while resuming")
+    assert error == ("NotResumed: probe exited with code 1 before finishing the turn; it printed no JSON events; "
+                     "stderr: no such session")
 
 
 def test_a_binary_that_cannot_start_is_a_readable_failure(tmp_path: Path) -> None:
     io = RecordingTurnIO(cwd=str(tmp_path))
     with pytest.raises(ProviderError, match=r"cannot start probe: .*/missing: No such file"):
-        asyncio.run(run_turn(io, "probe", [str(tmp_path / "missing")], {}, _Counting(), resuming=False))
+        asyncio.run(run_turn(io, _Counting(), [str(tmp_path / "missing")], label="probe"))
 
 
 def test_codex_overrides_are_toml_that_survives_any_text() -> None:

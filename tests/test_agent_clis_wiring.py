@@ -1,9 +1,12 @@
 """Codex CLI and Gemini CLI turns in the console's own checks (the transcript folded from deltas equals the
 final one; a cut response resumes to the same transcript), a session the CLI forgot, the MCP server
-each CLI is given, `GET /api/agents`, and the 422s at session creation."""
+each CLI is given, `GET /api/agents` (Claude Code too), and the 422s at session creation, for the same
+reasons the listing gives."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import shutil
 import sys
 from pathlib import Path
@@ -11,10 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agentwire import providers
 from agentwire.console.transcript import TERMINAL
 from agentwire.providers import agent_mcp
 from agentwire.providers.agent_mcp import McpServer
 from tests.fakes import llm_servers as fake
+from tests.support import claude_code as cc
 from tests.support.agent_clis import (
     AGENTS,
     FAKE,
@@ -130,6 +135,25 @@ def test_agents_are_listed_with_version_and_availability(agent_home: AgentHome, 
     for agent in AGENTS:
         assert listed[agent] | {"label": None} == {"name": agent, "label": None, "version": VERSION[agent],
                                                    "available": True, "reason": None, "approval": True}
+    # Claude Code: the CLI claude-agent-sdk bundles, whatever PATH has; it takes no approval option.
+    assert listed["claude"] == {"name": "claude", "label": "Claude Code", "version": cc.VERSION, "available": True,
+                                "reason": None, "approval": False}
+
+
+def test_a_missing_python_package_is_one_reason_for_the_422_and_the_listing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    info = providers.PROVIDERS["openai"]
+    monkeypatch.setitem(providers.PROVIDERS, "openai", dataclasses.replace(info, requires="no-such-sdk-here"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with running_app(config()) as (url, _):
+        response = httpx.post(f"{url}/api/konsole", json={"name": "s", "provider": "openai"})
+        listed = {a["name"]: a for a in httpx.get(f"{url}/api/agents").json()["agents"]}
+    reason = "provider 'openai' needs the Python package no-such-sdk-here: pip install 'agentwire[providers]'"
+    assert response.status_code == 422 and response.json()["error"] == {
+        "code": "provider_unavailable", "message": reason, "field": "provider"}
+    assert listed["openai"] == {"name": "openai", "label": "OpenAI API", "version": None, "available": False,
+                                "reason": reason, "approval": False}
+    assert listed["anthropic"]["version"] == importlib.metadata.version("anthropic")
 
 
 @pytest.mark.parametrize(("agent", "variable"), [("codex", "FAKE_RESPONSES_KEY"), ("gemini-cli", "GEMINI_API_KEY")])
@@ -139,7 +163,7 @@ def test_a_missing_key_or_binary_is_a_422_naming_it(agent_home: AgentHome, agent
     with running_app(config()) as (url, _):
         response = httpx.post(f"{url}/api/konsole", json={"name": "s", "provider": agent})
         assert response.status_code == 422
-        assert response.json()["error"]["code"] == "agent_unavailable"
+        assert response.json()["error"]["code"] == "provider_unavailable"
         assert variable in response.json()["error"]["message"]
         assert httpx.get(f"{url}/api/konsole/s").status_code == 404
     monkeypatch.setenv(variable, "set-again")

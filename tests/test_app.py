@@ -91,6 +91,36 @@ def test_openapi_schema_and_docs(server: Served) -> None:
     assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
 
 
+def test_openapi_declares_every_error_answer_with_the_error_schema(server: Served) -> None:
+    schema = server.http.get("/openapi.json").json()
+    error = schema["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"]
+    assert schema["components"]["schemas"]["ErrorDetail"]["required"] == ["code", "message"]
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # FastAPI's shape is not ours
+    declared = {(method.upper(), path): set(operation["responses"])
+                for path, methods in schema["paths"].items() for method, operation in methods.items()}
+    for key, statuses in {
+        ("POST", "/api/tasks"): {"201", "401", "403", "409", "413", "422", "503"},
+        ("GET", "/api/tasks/{task_id}"): {"200", "401", "403", "404", "422", "503"},
+        ("DELETE", "/api/tasks/{task_id}"): {"204", "401", "403", "404", "422", "503"},
+        ("POST", "/api/tasks/{task_id}/choose"): {"200", "401", "403", "404", "409", "413", "422", "503"},
+        ("GET", "/api/stream/tasks"): {"200", "400", "401", "403", "503"},
+        ("POST", "/api/konsole/{session}/stream"): {"200", "401", "403", "404", "409", "413", "422", "503"},
+        ("POST", "/api/konsole/{session}/cancel"): {"200", "401", "403", "404", "409", "413", "422", "503"},
+        ("GET", "/healthz"): {"200", "403", "503"},
+        ("GET", "/metrics"): {"200", "401", "403"},
+    }.items():
+        assert declared[key] == statuses, key
+    for (method, path), statuses in declared.items():
+        for status in statuses - {"200", "201", "204"}:
+            content = schema["paths"][path][method.lower()]["responses"][status]["content"]
+            expected = "HealthDown" if path == "/healthz" and status == "503" else "Error"
+            assert content["application/json"]["schema"]["$ref"] == f"#/components/schemas/{expected}", (path, status)
+    events = schema["paths"]["/api/konsole/{session}/events"]["get"]["responses"]["200"]["content"]
+    assert set(events) == {"text/event-stream"}
+    assert set(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+
+
 def test_unknown_routes_and_methods_are_json_errors(server: Served) -> None:
     missing = server.http.get("/api/nothing-here")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
@@ -118,6 +148,15 @@ def _chunked(size: int) -> Iterator[bytes]:
 
 
 BIG = 1 << 20  # the default request body limit
+JSON_BODY = {"content-type": "application/json"}
+# Well-formed JSON numbers that no journal entry may hold: refused (422) before anything is written.
+UNSTORABLE_NUMBERS = [("NaN", b"NaN"), ("-Infinity", b"-Infinity"), ("1e999", b"1e999"),
+                      ("2^64", b"18446744073709551616"), ("-2^63-1", b"-9223372036854775809")]
+# Where they hide: anywhere in a body, also where a model keeps unknown keys as sent (a task's context).
+CARRIERS = [("POST", "/api/tasks", b'{"title": "x", "context": {"n": %s}}'),
+            ("PATCH", "/api/tasks/known", b'{"context": {"turnTiming": {"totalMs": %s}}}'),
+            ("POST", "/api/konsole", b'{"name": "s3", "options": {"temperature": %s}}'),
+            ("POST", "/api/konsole/s1/stream", b'{"message": "hi", "extra": [%s]}')]
 BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str, str | None]] = [
     # (what, method, path, request arguments, status, error code, field)
     ("malformed Last-Event-ID", "GET", "/api/stream/tasks", {"headers": {"Last-Event-ID": "abc"}}, 400,
@@ -173,6 +212,10 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any], int, str, str | None]] =
     ("existing session", "POST", "/api/konsole", {"json": {"name": "s1"}}, 409, "session_exists", None),
     ("existing task", "POST", "/api/tasks", {"json": {"id": "known", "title": "again"}}, 409, "task_exists",
      "id"),
+    *[(f"{what} in {method} {path}", method, path, {"content": body % number, "headers": JSON_BODY}, 422,
+       "validation_error", "body") for what, number in UNSTORABLE_NUMBERS for method, path, body in CARRIERS],
+    ("a lone surrogate", "POST", "/api/tasks", {"content": b'{"title": "\\ud800"}', "headers": JSON_BODY},
+     422, "validation_error", "body"),
     ("missing token", "POST", "/api/tasks", {"json": {"title": "x"}, "headers": {"authorization": ""}}, 401,
      "unauthorized", None),
     ("wrong token", "GET", "/api/stream/tasks", {"headers": {"authorization": "Bearer not-the-token"}}, 401,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from agentwire.client import Backoff, Client, SseParser, StreamFailed
+from agentwire.client import Backoff, Client, SseMessage, SseParser, StreamFailed
 from agentwire.console.transcript import TERMINAL
 from tests.support.proxy import TcpProxy
 from tests.support.server import running_app
@@ -32,6 +33,47 @@ def test_sse_parser_handles_split_frames_comments_and_crlf() -> None:
     stream = b"retry: 1000\n\n: ping\n\nid: 7\r\nevent: text.delta\r\ndata: {\"a\":1}\r\n\r\ndata: x\ndata: y\n\n"
     messages = [m for i in range(len(stream)) for m in parser.feed(stream[i : i + 1])]
     assert [(m.id, m.event, m.data) for m in messages] == [("7", "text.delta", '{"a":1}'), (None, "message", "x\ny")]
+
+
+def _parse(raw: bytes, size: int) -> list[SseMessage]:
+    parser = SseParser()
+    return [message for start in range(0, len(raw), size) for message in parser.feed(raw[start : start + size])]
+
+
+def _fastest(run: Callable[[], object], times: int = 3) -> float:
+    best = float("inf")
+    for _ in range(times):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def test_sse_parser_is_linear_in_a_multi_megabyte_chunk() -> None:
+    """A catch-up replay read in one go: ~5 MB in one chunk costs what the same bytes in 64 KiB
+    pieces cost (the parser that re-sliced its buffer per line took ×40 longer in one chunk)."""
+    frames = [b"retry: 1000\n\n"]
+    for seq in range(1, 21_001):
+        frames.append(b'id: %d\nevent: text.delta\ndata: {"seq":%d,"text":"%s"}\n\n' % (seq, seq, b"x" * 170))
+        if seq % 100 == 0:
+            frames.append(b": ping\r\n\r\n")  # CRLF too, split between CR and LF by some cuts below
+    raw = b"".join(frames)
+    assert len(raw) > 4_400_000
+    whole = _parse(raw, len(raw))
+    assert len(whole) == 21_000 and whole[-1] == SseMessage("text.delta", '{"seq":21000,"text":"%s"}' % ("x" * 170),
+                                                             "21000")
+    assert whole == _parse(raw, 65_536) == _parse(raw, 4_093)
+    one, pieces = _fastest(lambda: _parse(raw, len(raw))), _fastest(lambda: _parse(raw, 65_536))
+    assert one < 4 * pieces, f"one chunk {one * 1000:.0f} ms, 64 KiB pieces {pieces * 1000:.0f} ms"
+
+
+def test_sse_parser_is_linear_in_a_line_that_comes_in_many_pieces() -> None:
+    """One 8 MB data line in 1 KiB pieces costs about what it costs in one chunk: the pieces are joined
+    once (the parser that appended each piece to its buffer and searched it again took ×70 longer)."""
+    raw = b"data: " + b"y" * 8_000_000 + b"\n\n"
+    assert _parse(raw, 1024) == _parse(raw, len(raw)) == [SseMessage("message", "y" * 8_000_000, None)]
+    one, pieces = _fastest(lambda: _parse(raw, len(raw))), _fastest(lambda: _parse(raw, 1024))
+    assert pieces < 4 * one + 0.05, f"one chunk {one * 1000:.0f} ms, 1 KiB pieces {pieces * 1000:.0f} ms"
 
 
 def test_backoff_grows_to_the_cap_with_jitter_and_resets() -> None:

@@ -33,6 +33,8 @@ def test_defaults_listen_on_loopback_with_a_fresh_token() -> None:
     ({"workers": 3, "journal": "sqlite:///x.db"}, "the sqlite journal belongs to one process"),
     ({"journal": "postgres://db/x"}, "unknown journal URL"),
     ({"journal": "data/x.db"}, "unknown journal URL"),
+    ({"agent_ttl": 0}, "--agent-ttl must be a positive"),
+    ({"claude_bin": "/nonexistent/claude"}, "--claude-bin: no program '/nonexistent/claude'"),
 ])
 def test_invalid_settings_are_refused_with_a_message_naming_the_flag(values: dict[str, object],
                                                                      message: str) -> None:
@@ -96,7 +98,10 @@ def test_settings_travel_through_the_environment_unchanged(monkeypatch: pytest.M
     # How `--workers` hands the parent's settings to each worker process.
     config = Config(host="::1", port=9100, journal="redis://127.0.0.1:6379/2", token="tok", heartbeat=0.5,
                     retention=50, workers=3, provider="openai", model="m", cli_command=["a", "b c"],
-                    log_level="debug", lease_seconds=2.5, buffer_limit=4096)
+                    log_level="debug", lease_seconds=2.5, buffer_limit=4096, claude_bin="sh", agent_ttl=5.0,
+                    allowed_hosts=["a.example", "*.b.example", "*"],
+                    allowed_origins=["https://a.example", "http://[::1]:8080"], trust_forwarded=True,
+                    allow_session_command=True)
     for variable in ENV.values():
         monkeypatch.delenv(variable, raising=False)
     for variable, value in config.to_env().items():

@@ -7,6 +7,7 @@ proxy, or by a server restart) must end with exactly what a page that never was 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import random
@@ -21,11 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Playwright, Route, sync_playwright
 
 import agentwire
 from agentwire.config import Config
 from tests.support.browser import (
+    CHROMIUM_ARGS,
     RECONNECTING,
     TIMING,
     Dashboard,
@@ -471,8 +473,10 @@ def test_screenshot_of_the_dashboard_mid_turn(server: ServerProcess, browser: Br
     page = dash.page
     dash.wait_turns_done(1)
     dash.send("How does the console resume after a reconnect?")
-    page.wait_for_function("document.querySelectorAll('#lane-main .turn')[1]?.querySelector('.text.streaming')"
-                           "?.textContent.length > 150")
+    # A function, not a bare expression: Playwright evaluates an expression with eval, which the
+    # dashboard's CSP (script-src 'self', no 'unsafe-eval') refuses.
+    page.wait_for_function("() => document.querySelectorAll('#lane-main .turn')[1]"
+                           "?.querySelector('.text.streaming')?.textContent.length > 150")
     page.fill("#quick-input", "Which seq is the head now?")
     page.press("#quick-input", "Enter")
     dash.wait_text("sequence number", lane="quick")
@@ -598,7 +602,8 @@ def test_reconnect_backoff_policy(server: ServerProcess, context: BrowserContext
     """250 ms doubling to a 15 s cap with ±20 % jitter, reset on open; the status text's format."""
     dash = Dashboard.open(context, server.url, _name("policy"))
     delays = dash.page.evaluate("""async () => {
-        const { Backoff, describeStatus } = await import('/static/net.js');
+        const { Backoff } = await import('/static/retry.js');
+        const { describeStatus } = await import('/static/net.js');
         const low = new Backoff({ random: () => 0 }), high = new Backoff({ random: () => 1 });
         const mid = new Backoff({ random: () => 0.5 });
         const run = (b) => Array.from({ length: 9 }, () => b.next());
@@ -630,7 +635,7 @@ def test_a_tab_hidden_for_more_than_5_s_reconnects_when_visible(server: ServerPr
     assert dash.net_stats()["opens"] == 1
     page.evaluate(flip, [True, 6000])
     page.evaluate(flip, [False, 0])  # hidden for "6 s": a phone that slept may hold a dead socket
-    page.wait_for_function("window.__aw.net.stats.opens === 2")
+    page.wait_for_function("() => window.__aw.net.stats.opens === 2")
     dash.wait_status("connected")
 
     # A new session from the sidebar form becomes the current one.
@@ -718,9 +723,132 @@ def test_markdown_renderer_builds_elements_not_html(server: ServerProcess, conte
                      "<del>old</del>", "snake_case_name",
                      '<a href="https://example.com/spec" target="_blank" rel="noopener noreferrer nofollow">'
                      "the spec</a>",
-                     "<ul><li>one</li><li><p>two</p><ul><li>nested</li></ul></li></ul>",
+                     "<ul><li>one</li><li>two<ul><li>nested</li></ul></li></ul>",
                      "<ol><li>first</li><li>second</li></ol>",
                      '<pre class="code"><code class="lang-py">print("&lt;hi&gt;")</code></pre>',
                      "<blockquote><p>quoted</p></blockquote>", '<th style="text-align:right">seq</th>',
                      "<td>text.delta</td>"]:
         assert fragment in html, (fragment, html)
+
+
+# 10. cross-site protection
+
+
+class _OtherSite:
+    """An HTTP server on another port of 127.0.0.1 (another origin, the same site) serving `page`."""
+
+    def __init__(self, page: str) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = page.encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _OtherSite:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_task_output_loads_no_remote_image(server: ServerProcess, context: BrowserContext) -> None:
+    # Any request for the tracker's host, http or https, is answered here and counted: Chromium asks
+    # only for what the page's policies let it load (a request a CSP blocks is never made).
+    asked: list[str] = []
+
+    def tracker(route: Route) -> None:
+        asked.append(route.request.url)
+        route.fulfill(status=200, content_type="image/gif", body=b"GIF89a")
+
+    context.route(re.compile(r"^https?://tracker\.example/"), tracker)
+    task_id = _name("pixel")
+    _post_task(server.url, {"id": task_id, "title": "Report with tracking pixels", "context": {"output": (
+        '<p>Report body</p><img src="https://tracker.example/pixel.gif" width="1" height="1">'
+        '<img src="http://tracker.example/plain.gif"><img srcset="https://tracker.example/srcset.gif 2x">'
+        '<picture><source srcset="https://tracker.example/source.gif"><img alt="pic"></picture>'
+        '<table background="https://tracker.example/table.gif"><tr><td>cell</td></tr></table>'
+        '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" alt="inline">')}})
+    dash = Dashboard.open(context, server.url, _name("pixel-session"), "sse", view="board")
+    card = dash.page.locator(f"article.task[data-id='{task_id}']")
+    card.wait_for()
+    card.frame_locator("iframe.task-frame").locator("text=Report body").wait_for()
+    time.sleep(1.0)
+    assert asked == []
+    # The same image on a page without those policies is asked for: the count above means something.
+    page = context.new_page()
+    page.set_content('<img src="https://tracker.example/control.gif">')
+    wait_until(lambda: "https://tracker.example/control.gif" in asked, timeout=10)
+    assert not dash.errors
+
+
+def test_a_page_of_another_origin_cannot_open_the_dashboards_websocket(browser: Browser,
+                                                                      contexts: list[BrowserContext]) -> None:
+    """The attack of the issue: a page on another port of 127.0.0.1 (the same site, so the
+    SameSite=Strict cookie goes along) opens /api/ws with the signed-in user's cookie."""
+    token = "cross-site-test-token-123456"
+    with running_app(Config(port=free_port(), journal="memory://", token=token, heartbeat=1)) as (url, _):
+        context = _context(browser, contexts)
+        page = context.new_page()
+        page.goto(f"{url}/?token={token}")  # signed in: the cookie is set
+        page.wait_for_selector("#net-status[data-state='connected']")
+        attack = f"""<script>
+            window.result = new Promise(resolve => {{
+                const ws = new WebSocket('ws://127.0.0.1:{url.rsplit(':', 1)[1]}/api/ws');
+                ws.onopen = () => {{ ws.send(JSON.stringify({{op: 'send', session: 'owned', message: 'id'}}));
+                                    resolve('open'); }};
+                ws.onerror = () => resolve('refused');
+            }});
+        </script>"""
+        with _OtherSite(attack) as attacker:
+            evil = context.new_page()
+            evil.goto(f"{attacker.url}/")
+            assert evil.evaluate("window.result") == "refused"
+        sessions = httpx.get(f"{url}/api/konsole", headers={"authorization": f"Bearer {token}"}, timeout=10).json()
+        assert "owned" not in [session["name"] for session in sessions["sessions"]]
+        # The dashboard's own page, with the same cookie, still has its socket.
+        dash = Dashboard.open(context, url, "own-page", "ws")
+        dash.send("Still mine?")
+        dash.wait_turns_done(1)
+        assert not dash.errors
+
+
+def test_the_dashboard_under_a_public_name_needs_that_name_allowed(playwright: Playwright, tmp_path: Path) -> None:
+    """Opened as http://agents.test:<port>/ (a name resolving to 127.0.0.1, as behind a reverse proxy
+    that keeps the Host, or as a DNS-rebinding page would), the dashboard works once the server is
+    told the name (--allowed-host), and is refused (403) by a server that was not."""
+    path = chromium_path()
+    assert path is not None
+    browser = playwright.chromium.launch(executable_path=path, headless=True,
+                                         args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP agents.test 127.0.0.1"])
+    try:
+        with ServerProcess(f"sqlite:///{tmp_path}/allowed.db", args=["--allowed-host", "agents.test"],
+                           log_path=tmp_path / "allowed.log") as allowed, \
+                ServerProcess(f"sqlite:///{tmp_path}/plain.db", log_path=tmp_path / "plain.log") as plain, \
+                TcpProxy(allowed.port) as proxy:
+            context = new_context(browser)
+            refused = context.new_page().goto(f"http://agents.test:{plain.port}/")
+            assert refused is not None and refused.status == 403
+            assert refused.json()["error"]["code"] == "host_not_allowed"
+            for base in (f"http://agents.test:{allowed.port}", f"http://agents.test:{proxy.port}"):
+                for transport in ("sse", "ws"):
+                    dash = Dashboard.open(context, base, _name(f"public-{transport}"), transport)
+                    dash.send("Hello from the public name")
+                    dash.wait_turns_done(1)
+                    assert "Hello from the public name" in dash.lane_text()
+                    assert not dash.errors
+            context.close()
+    finally:
+        browser.close()

@@ -8,6 +8,8 @@ journal's own API, so the tests can tell "stored" from "passed to the listener".
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import sqlite3
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -245,6 +247,54 @@ def test_listener_sees_each_event_only_after_it_is_stored_and_in_order(backend: 
         seqs = [seq for name, seq in seen if name == stream]
         # Every event exactly once, in seq order (this process made them all, so none is missed).
         assert seqs == list(range(1, count + 1)), stream
+
+
+def test_a_listener_that_raises_stops_no_append(journal_at: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The listener fails on some events: each append still returns at once with its events, every
+    later append (alone, concurrent, batched with the failing one) does too, every event is stored,
+    the listener keeps being called in order, and each failure is logged with its stream and seq."""
+    seen: list[tuple[str, int]] = []
+    raised: set[tuple[str, int]] = set()
+
+    def listener(event: Event) -> None:
+        seen.append((event.stream, event.seq))
+        if event.data.get("boom"):
+            raised.add((event.stream, event.seq))
+            raise RuntimeError(f"listener bug at n={event.data['n']}")
+
+    async def main() -> None:
+        async with journal_at() as journal:
+            journal.set_listener(listener)
+            await journal.watch("x")
+            await journal.watch("y")
+            async with asyncio.timeout(10):  # a writer killed by the listener would hang here instead
+                first = await journal.append(item("x", 0, boom=True))
+                assert first.seq == 1
+                later = [await journal.append(item("x", n)) for n in range(1, 4)]
+                assert [event.seq for event in later] == [2, 3, 4]
+                mixed = await asyncio.gather(
+                    *(journal.append(item("x", n, boom=n % 3 == 0)) for n in range(4, 20)),
+                    journal.append_many([item("y", 0, boom=True), item("y", 1), item("x", 20)]),
+                )
+                assert len(mixed) == 17
+                last = await journal.append(item("y", 2))
+                assert last.seq == 3
+            assert [event.seq for event in await journal.read("x", 0, 100)] == list(range(1, 22))
+            assert [event.seq for event in await journal.read("y", 0, 100)] == [1, 2, 3]
+
+    with caplog.at_level(logging.ERROR, logger="agentwire.journal"):
+        run(main())
+    for stream, count in (("x", 21), ("y", 3)):
+        assert [seq for name, seq in seen if name == stream] == list(range(1, count + 1)), stream
+    assert {("x", 1), ("y", 1)} <= raised and len(raised) == 7  # x: n = 0, 6, 9, 12, 15, 18; y: n = 0
+    failures = [_named(record.getMessage()) for record in caplog.records if record.exc_info is not None]
+    assert sorted(failures) == sorted(raised)
+
+
+def _named(message: str) -> tuple[str, int]:
+    found = re.search(r"listener failed on (\S+) #(\d+)", message)
+    assert found is not None, message
+    return found.group(1), int(found.group(2))
 
 
 def test_listener_gets_the_same_bytes_that_are_read_back(journal_at: Any) -> None:

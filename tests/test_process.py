@@ -10,15 +10,8 @@ import subprocess
 import time
 
 from agentwire.providers.process import find_tagged, new_tag, stop_tagged, tagged_env
+from tests.support.procs import alive
 from tests.support.turns import wait_for
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            return file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_an_orphan_in_its_own_session_is_found_and_stopped(tmp_path: object) -> None:
@@ -32,12 +25,12 @@ def test_an_orphan_in_its_own_session_is_found_and_stopped(tmp_path: object) -> 
     wait_for(lambda: os.getsid(tool) == tool and set(find_tagged(tag)) >= {agent.pid, tool})
     agent.kill()
     agent.wait(5)
-    assert _alive(tool)
+    assert alive(tool)
     assert find_tagged(tag) == [tool]  # the dead agent is not listed; its orphan is
 
     found = asyncio.run(stop_tagged(tag, grace=1.0))
     assert found == [tool]
-    wait_for(lambda: not _alive(tool), timeout=5)
+    wait_for(lambda: not alive(tool), timeout=5)
     assert find_tagged(tag) == []
 
 

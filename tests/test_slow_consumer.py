@@ -3,12 +3,15 @@
 A stalled client here is a raw socket with a small receive buffer that never reads; the server is a
 real `agentwire serve` process. Shown: a healthy client on the same stream still gets every event
 within 50 ms (p99, publish → receive, on loopback); the server's memory does not grow with what the
-stalled clients fail to read; a stalled client is disconnected (counted in /metrics, its socket ends
-once it reads) and resumes with Last-Event-ID to exactly the rest.
+stalled clients fail to read; a stalled client is disconnected (counted in /metrics; the server
+closes its connection within a second, its socket ends once it reads) and resumes with Last-Event-ID
+to exactly the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
 import time
@@ -37,6 +40,10 @@ class Setup:
         text = self.http.get("/metrics").text
         found = re.search(rf"^{name}(?:_total)?(?:{{[^}}]*}})? (\S+)$", text, re.M)
         return 0.0 if found is None else float(found.group(1))  # a labelled series appears on first use
+
+    def tasks_head(self) -> int:
+        head: int = self.http.get("/api/tasks", params={"limit": 1}).json()["head"]
+        return head
 
     def rss_kib(self) -> int:
         assert self.server.proc is not None
@@ -221,3 +228,59 @@ def test_memory_stays_bounded_and_the_stalled_client_resumes_exactly(start: Call
     for other in stuck:
         other.close()
     streams_closed(setup)
+
+
+def server_holds_socket(pid: int, server_port: int, client_port: int) -> str | None:
+    """The TCP state of the server's end of one connection if the server process still holds it
+    (an open file descriptor), else None: closed by the server (the kernel may still be sending
+    what it took, on a socket no process owns)."""
+    wanted = (f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}")
+    inode = None
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == wanted:
+                state, inode = fields[3], fields[9]
+    if inode is None or inode == "0":
+        return None
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                return {"01": "ESTABLISHED", "08": "CLOSE_WAIT"}.get(state, state)
+    return None
+
+
+def test_a_cut_slow_client_has_its_connection_closed_within_a_second(start: Callable[..., Setup],
+                                                                      tmp_path: Path) -> None:
+    """Cut as slow while it still holds its socket open and reads nothing, the client's connection is
+    closed by the server at once: no socket left to linger (in CLOSE-WAIT once the client goes), no
+    "ASGI callable returned without completing response" error per cut."""
+    setup = start(f"sqlite:///{tmp_path}/journal.db", "--buffer-limit", "65536")
+    assert setup.server.proc is not None
+    pid = setup.server.proc.pid
+    head = setup.tasks_head()
+    cuts_before = setup.metric("agentwire_slow_consumer_disconnects")
+    stuck = [stalled(setup, f"/api/stream/tasks?from={head + 1}") for _ in range(3)]
+    wait_until(lambda: setup.metric("agentwire_open_streams") >= 3, what="streams open")
+    client_ports = [stream.sock.getsockname()[1] for stream in stuck]
+    assert all(server_holds_socket(pid, setup.server.port, port) == "ESTABLISHED" for port in client_ports)
+    output = "<p>" + "agentwire " * 20_000 + "</p>"
+    n = 0
+    while setup.metric("agentwire_slow_consumer_disconnects") < cuts_before + 3:
+        setup.http.post("/api/tasks", json={"title": f"big {n}", "context": {"output": output}}).raise_for_status()
+        n += 1
+        assert n < 400, "the stalled clients were never cut"
+    cut_at = time.monotonic()
+    wait_until(lambda: all(server_holds_socket(pid, setup.server.port, port) is None for port in client_ports),
+               timeout=5, what="the server closed the cut connections")
+    assert time.monotonic() - cut_at < 1.0, "a cut connection stayed open for more than a second"
+    # The client learns it too, once it reads: what the kernel had taken, then the end.
+    for stream in stuck:
+        stream.read_to_eof(30)
+        assert stream.status == 200 and stream.events
+        stream.close()
+    streams_closed(setup)
+    setup.server.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert "ASGI callable returned without completing response" not in log
+    assert "ERROR" not in log, log[-2000:]

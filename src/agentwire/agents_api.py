@@ -18,8 +18,9 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
 
     @api.get("/api/agents")
     async def list_agents(request: Request) -> JSON:
-        config = console_of(request).config
-        listed = await asyncio.gather(*(agents.describe(name, config.cli_command) for name in PROVIDERS))
-        return {"agents": list(listed), "default": config.provider}
+        console = console_of(request)
+        listed = await asyncio.gather(*(agents.describe(name, console.settings(name), console.config.cli_command)
+                                        for name in PROVIDERS))
+        return {"agents": list(listed), "default": console.config.provider}
 
     return api

@@ -16,21 +16,24 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentwire import agents_api, tasks, ws
+from agentwire import agents_api, agui, aisdk, openapi, tasks, ws
 from agentwire.auth import TokenAuth
+from agentwire.body import RequestBody
 from agentwire.config import Config
 from agentwire.console import Console
 from agentwire.console import api as console_api
 from agentwire.hub import Hub
 from agentwire.journal import Journal, open_journal
 from agentwire.metrics import Metrics
-from agentwire.sse import stream_response
-from agentwire.types import TASKS_STREAM, AgentwireError
+from agentwire.openapi import errors, stream_responses
+from agentwire.security import SecurityHeaders, SiteGuard
+from agentwire.sse import EventStreamResponse, stream_response
+from agentwire.types import TASKS_STREAM, AgentwireError, ValidationFailed
 
 log = logging.getLogger("agentwire")
 
@@ -47,60 +50,22 @@ class Context:
     console: Console
 
 
+class Health(BaseModel):
+    status: str
+    journal: str
+    streams_open: int
+    pid: int | None = None
+
+
+class HealthDown(BaseModel):
+    status: str
+    journal: str
+    error: str
+
+
 def ctx(request: Request) -> Context:
     context: Context = request.app.state.ctx
     return context
-
-
-class BodyTooLarge(AgentwireError):
-    status = 413
-    code = "body_too_large"
-
-
-class BodyLimit:
-    """Refuse request bodies over the limit with 413, by Content-Length or by counting what arrives."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                response = JSONResponse(BodyTooLarge(f"request body over {self.limit} bytes").body(), 413)
-                await response(scope, receive, send)
-                return
-        # No Content-Length (chunked): read the body here, up to the limit, and hand it on whole. An
-        # error raised from inside `receive` would reach the route as "could not parse the body"
-        # (400), not as the 413 it is.
-        chunks: list[bytes] = []
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                response = JSONResponse(BodyTooLarge(f"request body over {self.limit} bytes").body(), 413)
-                await response(scope, receive, send)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return message
-            return await receive()  # after the body: the disconnect, as the route expects
-
-        await self.app(scope, replay, send)
 
 
 def _end_streams_on_signal(hub: Hub) -> None:
@@ -122,11 +87,6 @@ def _end_streams_on_signal(hub: Hub) -> None:
         signal.signal(sig, handler)
 
 
-def _field_name(location: tuple[object, ...]) -> str:
-    parts = [str(part) for part in location if part not in ("body",)]
-    return ".".join(parts) or "body"
-
-
 def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
     journal = journal or open_journal(config.journal, retention=config.retention)
     metrics = Metrics()
@@ -143,8 +103,11 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # Streams end first (clients resume elsewhere), then turns record their end, then the
+            # hub's own tasks are awaited, and the journal stores what is queued and closes.
             hub.close()
             await console.close()
+            await hub.aclose()
             await journal.close()
 
     app = FastAPI(title="agentwire", version="1", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
@@ -156,32 +119,32 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-        # Malformed JSON is located at ("body", <offset>): the field is the body, not "0".
-        field = "body" if first.get("type") == "json_invalid" else _field_name(tuple(first.get("loc", ())))
-        message = f"{field}: {first.get('msg', 'invalid')}"
-        errors = [{"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "")}
-                  for e in exc.errors()]
-        return JSONResponse({"error": {"code": "validation_error", "message": message, "field": field,
-                                       "errors": errors}}, status_code=422)
+        error = ValidationFailed(exc.errors())
+        return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
 
+    openapi.install(app, auth=not config.no_auth)
     app.include_router(tasks.router(lambda request: ctx(request).board))
     app.include_router(console_api.router(lambda request: ctx(request).console))
+    app.include_router(agui.router(lambda request: ctx(request).console))
+    app.include_router(aisdk.router(lambda request: ctx(request).console))
     app.include_router(agents_api.router(lambda request: ctx(request).console))
     app.router.routes.append(ws.route(hub, console, config))
 
-    @app.get("/api/stream/tasks", tags=["streams"])
+    @app.get("/api/stream/tasks", tags=["streams"], response_class=EventStreamResponse, status_code=200,
+             responses={**stream_responses(), **errors(400)})
     async def stream_tasks(request: Request) -> Response:
         c = ctx(request)
         return await stream_response(request, c.hub, TASKS_STREAM, heartbeat=c.config.heartbeat,
                                      retry_ms=c.config.retry_ms, default_at_head=True)
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], responses={
+        200: {"model": Health, "description": "The journal answers"},
+        503: {"model": HealthDown, "description": "The journal cannot be reached"}})
     async def healthz(request: Request) -> JSONResponse:
         c = ctx(request)
         try:
@@ -194,9 +157,10 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
             health["pid"] = os.getpid()
         return JSONResponse(health)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format 0.0.4"}})
     async def prometheus(request: Request) -> Response:
-        return Response(ctx(request).metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(ctx(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
     web = resources.files("agentwire") / "web"
 
@@ -209,6 +173,10 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(web), check_dir=False), name="static")
 
-    app.add_middleware(BodyLimit, limit=config.max_body)
+    # Outermost last: headers on every answer, then Host/Origin before the token is even looked at.
+    app.add_middleware(RequestBody, limit=config.max_body)
     app.add_middleware(TokenAuth, token=None if config.no_auth else config.token)
+    app.add_middleware(SiteGuard, listen_host=config.host, allowed_hosts=config.allowed_hosts,
+                       allowed_origins=config.allowed_origins, trust_forwarded=config.trust_forwarded)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -9,7 +9,10 @@ import shlex
 import sys
 from typing import Any
 
+import orjson
+
 from agentwire.config import ENV, Config, ConfigError
+from agentwire.types import JSON
 
 
 def _serve_parser(sub: Any) -> None:
@@ -33,11 +36,25 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--model", default=None, help="default model")
     serve.add_argument("--cli-command", default=None,
                        help="default command of the cli provider (AGENTWIRE_CLI_COMMAND), shell-quoted")
+    serve.add_argument("--claude-bin", default=None,
+                       help="the Claude Code CLI of the claude provider (default: the one claude-agent-sdk bundles)")
+    serve.add_argument("--agent-ttl", type=float, default=None,
+                       help="seconds an idle agent process (claude provider, warm quick workers) is kept")
     serve.add_argument("--codex-bin", default=None, help="the Codex CLI binary (default: codex on PATH)")
     serve.add_argument("--gemini-bin", default=None, help="the Gemini CLI binary (default: gemini on PATH)")
     serve.add_argument("--buffer-limit", type=int, default=None,
                        help="bytes a subscriber may fall behind before it is disconnected")
     serve.add_argument("--lease-seconds", type=float, default=None)
+    serve.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=None, metavar="NAME",
+                       help="a Host name the server answers to besides its loopback names (repeatable; "
+                            "*.domain for subdomains)")
+    serve.add_argument("--allowed-origin", dest="allowed_origins", action="append", default=None,
+                       metavar="ORIGIN", help="a page origin (scheme://host[:port]) whose browser may open "
+                                              "WebSockets and change state, besides the server's own (repeatable)")
+    serve.add_argument("--trust-forwarded", action="store_true", default=None,
+                       help="take the public host and scheme from the reverse proxy's X-Forwarded-Host/-Proto")
+    serve.add_argument("--allow-session-command", action="store_true", default=None,
+                       help="let API clients choose the command a cli session runs (option 'command')")
     serve.add_argument("--log-level", default=None)
 
 
@@ -83,8 +100,73 @@ def main(argv: list[str] | None = None) -> int:
         from agentwire.server import serve
 
         return serve(config)
-    from agentwire import client
-
     if args.command == "chat":
-        return asyncio.run(client.chat_command(args.url, args.token, args.session, args.message, args.quick))
-    return asyncio.run(client.tail_command(args.url, args.token, args.stream, args.from_, args.raw))
+        return asyncio.run(chat_command(args.url, args.token, args.session, args.message, args.quick))
+    return asyncio.run(tail_command(args.url, args.token, args.stream, args.from_, args.raw))
+
+
+def _print_event(envelope: JSON, out: Any) -> None:
+    kind, data = envelope["type"], envelope.get("data", {})
+    if kind in ("text.delta",):
+        out.write(data.get("text", ""))
+    elif kind == "text.done":
+        out.write("\n")
+    elif kind == "thinking.done":
+        out.write(f"\x1b[2m(thought: {data.get('text', '')[:200]})\x1b[0m\n")
+    elif kind == "tool.call":
+        out.write(f"\x1b[36m→ {data.get('name')}({orjson.dumps(data.get('input')).decode()[:200]})\x1b[0m\n")
+    elif kind == "tool.result":
+        mark = "✗" if data.get("is_error") else "✓"
+        out.write(f"\x1b[36m  {mark} {str(data.get('output'))[:200]}\x1b[0m\n")
+    elif kind == "todo.updated":
+        for todo in data.get("todos", []):
+            box = {"completed": "[x]", "in_progress": "[~]"}.get(todo.get("status"), "[ ]")
+            out.write(f"  {box} {todo.get('content')}\n")
+    elif kind == "turn.queued":
+        out.write(f"(queued, position {data.get('position')})\n")
+    elif kind == "turn.completed":
+        timing = data.get("timing", {})
+        out.write(f"\x1b[2m— done in {timing.get('totalMs', 0) / 1000:.1f}s, TTFE {timing.get('ttfeMs')} ms, "
+                  f"{timing.get('toolCallCount', 0)} tools\x1b[0m\n")
+    elif kind == "turn.failed":
+        out.write(f"\x1b[31mturn failed: {data.get('error')}\x1b[0m\n")
+    elif kind == "turn.cancelled":
+        out.write(f"turn cancelled: {data.get('reason')}\n")
+    out.flush()
+
+
+async def chat_command(url: str, token: str | None, session: str, message: str, quick: bool) -> int:
+    from agentwire.client import Client, StreamFailed
+
+    async with Client(url, token, max_attempts=40) as client:
+        client.on_status = lambda status, attempt, delay: status == "reconnecting" and print(
+            f"\x1b[33m(reconnecting, attempt {attempt}, next in {delay:.1f}s)\x1b[0m", file=sys.stderr)
+        final = "turn.failed"
+        try:
+            async for envelope in client.turn(session, message, lane="quick" if quick else "main"):
+                _print_event(envelope, sys.stdout)
+                final = envelope["type"]
+        except StreamFailed as exc:
+            print(f"agentwire chat: {exc}", file=sys.stderr)
+            return 1
+        return 0 if final == "turn.completed" else 1
+
+
+async def tail_command(url: str, token: str | None, stream: str, from_: int | None, raw: bool) -> int:
+    from agentwire.client import Client, StreamFailed
+
+    async with Client(url, token) as client:
+        try:
+            async for envelope in client.follow(stream, None if from_ is None else max(0, from_ - 1)):
+                if raw:
+                    print(orjson.dumps(envelope).decode(), flush=True)
+                else:
+                    seq = envelope.get("seq", "-")
+                    print(f"{seq:>6} {envelope['type']:<16} {orjson.dumps(envelope.get('data')).decode()[:160]}",
+                          flush=True)
+        except StreamFailed as exc:
+            print(f"agentwire tail: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+    return 0

@@ -14,9 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import random
-import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -24,53 +22,13 @@ import httpx
 import orjson
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from agentwire.console.transcript import TERMINAL, Transcript
+from agentwire.console.transcript import TERMINAL
+from agentwire.sse_parser import SseMessage as SseMessage  # the client's API, with its parser
+from agentwire.sse_parser import SseParser as SseParser
 from agentwire.types import JSON, KONSOLE_PREFIX
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
-
-
-@dataclass
-class SseMessage:
-    event: str
-    data: str
-    id: str | None
-
-
-class SseParser:
-    """Incremental `text/event-stream` parser (comments dropped, CRLF tolerated)."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._event = ""
-        self._data: list[str] = []
-        self._id: str | None = None
-
-    def feed(self, chunk: bytes) -> list[SseMessage]:
-        self._buffer += chunk
-        messages: list[SseMessage] = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                return messages
-            line = self._buffer[:end].rstrip(b"\r").decode()
-            self._buffer = self._buffer[end + 1 :]
-            if not line:
-                if self._data or self._event:
-                    messages.append(SseMessage(self._event or "message", "\n".join(self._data), self._id))
-                self._event, self._data, self._id = "", [], None
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                self._data.append(value)
-            elif name == "event":
-                self._event = value
-            elif name == "id":
-                self._id = value
 
 
 class Backoff:
@@ -541,68 +499,3 @@ class WsClient:
     def _status(self, status: str, attempt: int, delay: float) -> None:
         if self.on_status is not None:
             self.on_status(status, attempt, delay)
-
-
-def _print_event(envelope: JSON, out: Any) -> None:
-    kind, data = envelope["type"], envelope.get("data", {})
-    if kind in ("text.delta",):
-        out.write(data.get("text", ""))
-    elif kind == "text.done":
-        out.write("\n")
-    elif kind == "thinking.done":
-        out.write(f"\x1b[2m(thought: {data.get('text', '')[:200]})\x1b[0m\n")
-    elif kind == "tool.call":
-        out.write(f"\x1b[36m→ {data.get('name')}({orjson.dumps(data.get('input')).decode()[:200]})\x1b[0m\n")
-    elif kind == "tool.result":
-        mark = "✗" if data.get("is_error") else "✓"
-        out.write(f"\x1b[36m  {mark} {str(data.get('output'))[:200]}\x1b[0m\n")
-    elif kind == "todo.updated":
-        for todo in data.get("todos", []):
-            box = {"completed": "[x]", "in_progress": "[~]"}.get(todo.get("status"), "[ ]")
-            out.write(f"  {box} {todo.get('content')}\n")
-    elif kind == "turn.queued":
-        out.write(f"(queued, position {data.get('position')})\n")
-    elif kind == "turn.completed":
-        timing = data.get("timing", {})
-        out.write(f"\x1b[2m— done in {timing.get('totalMs', 0) / 1000:.1f}s, TTFE {timing.get('ttfeMs')} ms, "
-                  f"{timing.get('toolCallCount', 0)} tools\x1b[0m\n")
-    elif kind == "turn.failed":
-        out.write(f"\x1b[31mturn failed: {data.get('error')}\x1b[0m\n")
-    elif kind == "turn.cancelled":
-        out.write(f"turn cancelled: {data.get('reason')}\n")
-    out.flush()
-
-
-async def chat_command(url: str, token: str | None, session: str, message: str, quick: bool) -> int:
-    async with Client(url, token, max_attempts=40) as client:
-        client.on_status = lambda status, attempt, delay: status == "reconnecting" and print(
-            f"\x1b[33m(reconnecting, attempt {attempt}, next in {delay:.1f}s)\x1b[0m", file=sys.stderr)
-        transcript = Transcript()
-        final = "turn.failed"
-        try:
-            async for envelope in client.turn(session, message, lane="quick" if quick else "main"):
-                transcript.apply_envelope(envelope)
-                _print_event(envelope, sys.stdout)
-                final = envelope["type"]
-        except StreamFailed as exc:
-            print(f"agentwire chat: {exc}", file=sys.stderr)
-            return 1
-        return 0 if final == "turn.completed" else 1
-
-
-async def tail_command(url: str, token: str | None, stream: str, from_: int | None, raw: bool) -> int:
-    async with Client(url, token) as client:
-        try:
-            async for envelope in client.follow(stream, None if from_ is None else max(0, from_ - 1)):
-                if raw:
-                    print(orjson.dumps(envelope).decode(), flush=True)
-                else:
-                    seq = envelope.get("seq", "-")
-                    print(f"{seq:>6} {envelope['type']:<16} {orjson.dumps(envelope.get('data')).decode()[:160]}",
-                          flush=True)
-        except StreamFailed as exc:
-            print(f"agentwire tail: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-    return 0

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import shlex
+import shutil
 from dataclasses import MISSING, dataclass, field
 
+from agentwire.security import host_pattern, normalize_origin
+from agentwire.types import AgentwireError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(AgentwireError, ValueError):
+    """A setting that cannot work; the message names the flag (`agentwire serve` prints it)."""
+
+    status = 500
+    code = "bad_config"
 
 
 @dataclass
@@ -32,11 +40,21 @@ class Config:
     model: str | None = None
     cli_command: list[str] = field(default_factory=lambda: ["claude", "-p", "--output-format", "stream-json",
                                                             "--include-partial-messages", "--verbose"])
+    quick_pool: int = 2  # warm workers kept for quick turns
+    claude_bin: str | None = None  # the `claude` provider's CLI; None: the one claude-agent-sdk bundles
     codex_bin: str | None = None  # the Codex CLI to run (default: `codex` on PATH)
     gemini_bin: str | None = None  # the Gemini CLI to run (default: `gemini` on PATH)
-    quick_pool: int = 2  # warm workers kept for quick turns
+    agent_ttl: float = 900.0  # seconds an idle live agent process (and a warm quick worker) is kept
     lease_seconds: float = 10.0  # turn ownership lease (shared journals)
     log_level: str = "info"
+    # Who may reach the server (security.py): Host names beyond the loopback ones, browser origins
+    # beyond the server's own, and whether the reverse proxy's X-Forwarded-Host/-Proto are believed.
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+    trust_forwarded: bool = False
+    # Whether a session may choose the command its cli agent runs (the `command` option): that is
+    # running any program as the server's user, so it is off unless the operator turns it on.
+    allow_session_command: bool = False
 
     def __post_init__(self) -> None:
         if self.no_auth and not is_loopback(self.host):
@@ -49,6 +67,10 @@ class Config:
             raise ConfigError("--retention must be 0 (keep all) or a positive number of events")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.agent_ttl <= 0:
+            raise ConfigError("--agent-ttl must be a positive number of seconds")
+        if self.claude_bin is not None and shutil.which(self.claude_bin) is None:
+            raise ConfigError(f"--claude-bin: no program {self.claude_bin!r} (a path, or a name on PATH)")
         # Checked here, so `agentwire serve` says so in one line instead of a traceback from the app.
         if self.journal.split("://", 1)[0] not in ("memory", "sqlite", "redis") or "://" not in self.journal:
             raise ConfigError(f"unknown journal URL {self.journal!r}: use memory://, sqlite:///path or "
@@ -58,6 +80,14 @@ class Config:
                 f"--workers {self.workers} needs a journal every worker shares: use --journal redis://…"
                 f" (the {self.journal.split(':', 1)[0]} journal belongs to one process)"
             )
+        try:
+            self.allowed_hosts = [host_pattern(host) for host in self.allowed_hosts]
+        except ValueError as exc:
+            raise ConfigError(f"--allowed-host: {exc}") from None
+        try:
+            self.allowed_origins = [normalize_origin(origin) for origin in self.allowed_origins]
+        except ValueError as exc:
+            raise ConfigError(f"--allowed-origin: {exc}") from None
         if not self.no_auth and not self.token:
             self.token = secrets.token_urlsafe(24)
 
@@ -79,6 +109,8 @@ class Config:
                 continue
             if isinstance(value, bool):
                 value = "1" if value else "0"
+            elif name in NAME_LISTS:
+                value = ",".join(value)
             elif isinstance(value, list):
                 value = shlex.join(value)
             env[variable] = str(value)
@@ -109,8 +141,13 @@ ENV = {
     "retention": "AGENTWIRE_RETENTION", "workers": "AGENTWIRE_WORKERS", "provider": "AGENTWIRE_PROVIDER",
     "model": "AGENTWIRE_MODEL", "cli_command": "AGENTWIRE_CLI_COMMAND", "log_level": "AGENTWIRE_LOG_LEVEL",
     "lease_seconds": "AGENTWIRE_LEASE_SECONDS", "buffer_limit": "AGENTWIRE_BUFFER_LIMIT",
+    "claude_bin": "AGENTWIRE_CLAUDE_BIN", "agent_ttl": "AGENTWIRE_AGENT_TTL",
+    "allowed_hosts": "AGENTWIRE_ALLOWED_HOSTS", "allowed_origins": "AGENTWIRE_ALLOWED_ORIGINS",
+    "trust_forwarded": "AGENTWIRE_TRUST_FORWARDED", "allow_session_command": "AGENTWIRE_ALLOW_SESSION_COMMAND",
     "codex_bin": "AGENTWIRE_CODEX_BIN", "gemini_bin": "AGENTWIRE_GEMINI_BIN",
 }
+# Lists of names whose twins are separated by commas and/or spaces (not shell-quoted commands).
+NAME_LISTS = {"allowed_hosts", "allowed_origins"}
 
 
 def field_default(name: str) -> object:
@@ -132,6 +169,8 @@ def env_default(name: str, default: object) -> object:
             return int(raw)
         if isinstance(default, float):
             return float(raw)
+        if name in NAME_LISTS:
+            return [part for part in re.split(r"[\s,]+", raw) if part]
         if isinstance(default, list):
             return shlex.split(raw)
     except ValueError:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from agentwire.background import TaskSet
 from agentwire.journal import Journal
 from agentwire.metrics import Metrics
 from agentwire.resume import resolve
@@ -192,7 +193,7 @@ class Subscription:
         """Catch up from the journal in a task that ends once the subscription is live again, so an
         idle subscriber costs no task of its own."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._feed(replay), name=f"feed {self.stream}")
+            self._task = self.hub.tasks.spawn(self._feed(replay), name=f"feed {self.stream}")
 
     def offer(self, event: Event) -> None:
         """A live event from the hub (synchronous: the producer never waits for a subscriber)."""
@@ -316,6 +317,8 @@ class Hub:
         self._subscriptions: set[Subscription] = set()
         self._outboxes: set[Outbox] = set()
         self._watching: dict[str, int] = {}
+        # Every task the hub starts (catch-ups, the heartbeat, unwatching): `aclose` ends them all.
+        self.tasks = TaskSet()
         self._pinger: asyncio.Task[None] | None = None
         journal.set_listener(self._on_event)
 
@@ -347,7 +350,7 @@ class Hub:
         self._outboxes.add(outbox)
         outbox.on_slow = self.metrics.slow_disconnects.inc
         if outbox.ping is not None and (self._pinger is None or self._pinger.done()):
-            self._pinger = asyncio.create_task(self._heartbeat(), name="heartbeat")
+            self._pinger = self.tasks.spawn(self._heartbeat(), name="heartbeat")
 
     async def _heartbeat(self) -> None:
         """One task pings every outbox idle for a heartbeat interval: no timer per connection or per
@@ -416,8 +419,7 @@ class Hub:
             self._watching[stream] = count
             return
         self._watching.pop(stream, None)
-        task = asyncio.ensure_future(self._unwatch_if_idle(stream))
-        task.add_done_callback(_ignore_result)
+        self.tasks.spawn(self._unwatch_if_idle(stream), name=f"unwatch {stream}")
 
     async def _unwatch_if_idle(self, stream: str) -> None:
         if stream not in self._watching:  # nobody subscribed again meanwhile
@@ -436,7 +438,7 @@ class Hub:
         for subscription in tuple(self._subscriptions):
             subscription.close()
 
-
-def _ignore_result(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()
+    async def aclose(self) -> None:
+        """`close`, then wait until every task the hub started has ended."""
+        self.close()
+        await self.tasks.close(timeout=5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 
 import orjson
@@ -15,7 +16,15 @@ from agentwire.hub import EventTest, Hub, Outbox, Replay
 from agentwire.resume import requested_after
 from agentwire.types import JSON, Event
 
+log = logging.getLogger("agentwire.sse")
+
 PING = b": ping\n\n"
+# The ASGI extension through which a response drops its connection at once (agentwire's uvicorn
+# protocol, `server.HttpProtocol`, offers it): {"abort": callable}. Without it the server closes the
+# connection its own way once the response returns unfinished.
+ABORT_EXTENSION = "agentwire.abort"
+# How long an aborted stream (server shutdown) may take to end its body before the connection is dropped.
+END_GRACE = 0.2
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -68,12 +77,16 @@ class EventStreamResponse(Response):
 
     Two tasks race: the writer (drains the outbox, one write for all that is ready, a ping when
     idle) and the disconnect listener; an abort (slow consumer, shutdown) cancels the writer, which
-    may be blocked on a client that stopped reading.
+    may be blocked on a client that stopped reading. Such a client cannot take the end of the body
+    either, so its connection is dropped at once (`ABORT_EXTENSION`) instead of lingering until it
+    reads again.
     """
+
+    media_type = "text/event-stream"
 
     def __init__(self, outbox: Outbox, *, heartbeat: float, retry_ms: int,
                  on_close: Callable[[], None]) -> None:
-        super().__init__(status_code=200, media_type="text/event-stream")
+        super().__init__(status_code=200, media_type=self.media_type)
         self.outbox = outbox
         self.heartbeat = heartbeat
         self.retry_ms = retry_ms
@@ -86,10 +99,8 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS + extra})
             await send({"type": "http.response.body", "body": b"retry: %d\n\n" % self.retry_ms,
                         "more_body": True})
-            writer = asyncio.create_task(self._write(send))
-            listener = asyncio.create_task(self._listen(receive))
-            # An abort (slow consumer, shutdown) must win even while the writer is blocked sending to
-            # a client that stopped reading: it cancels the writer.
+            writer = asyncio.create_task(self._write(send), name="sse writer")
+            listener = asyncio.create_task(self._listen(receive), name="sse listener")
 
             def cancel_writer() -> None:
                 writer.cancel()
@@ -100,19 +111,17 @@ class EventStreamResponse(Response):
             done, pending = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
-            for task in pending:
-                with contextlib.suppress(BaseException):
-                    await task
+            if pending:
+                await asyncio.wait(pending)
+            failed = [error for task in (writer, listener) if (error := _failure(task)) is not None]
+            for error in failed:
+                log.error("event stream failed", exc_info=error)
             if listener in done:
                 return  # the client left
-            ended = b""
-            if self.outbox.reason is None and not writer.cancelled() and writer.exception() is None:
-                await send({"type": "http.response.body", "body": ended, "more_body": False})
-            else:
-                # Aborted: end the body if the client still reads; a stalled one is cut by returning.
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(send({"type": "http.response.body", "body": ended, "more_body": False}),
-                                           0.2)
+            if self.outbox.reason is None and not failed and not writer.cancelled():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif self.outbox.reason == "slow" or not await _end_within(send, END_GRACE):
+                await _drop_connection(scope, receive)
         finally:
             self.outbox.abort("closed")
             self.on_close()
@@ -125,21 +134,55 @@ class EventStreamResponse(Response):
 
     @staticmethod
     async def _listen(receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        await _disconnected(receive)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _failure(task: asyncio.Task[None]) -> BaseException | None:
+    """The exception a finished task raised (read, so it is never reported as unretrieved)."""
+    return None if task.cancelled() else task.exception()
+
+
+async def _end_within(send: Send, seconds: float) -> bool:
+    """End the body, unless the client is not reading (the send waits for room that never comes)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except TimeoutError:
+        return False
+    except OSError:  # the client is gone: nothing left to end
+        pass
+    return True
+
+
+async def _drop_connection(scope: Scope, receive: Receive) -> None:
+    """Close the connection now, dropping what the server still buffers for it; then wait for the
+    server to notice (so it does not take the unfinished response for an application error)."""
+    extension = scope.get("extensions", {}).get(ABORT_EXTENSION)
+    if extension is None:
+        return
+    extension["abort"]()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            await _disconnected(receive)
 
 
 async def stream_response(request: Request, hub: Hub, stream: str, *, heartbeat: float, retry_ms: int,
                           default_at_head: bool = False, after: int | None = None,
                           only: EventTest | None = None, until: EventTest | None = None,
-                          replay: Replay | None = None) -> EventStreamResponse:
+                          replay: Replay | None = None, outbox: Outbox | None = None) -> EventStreamResponse:
     """Subscribe `stream` at the position the request asks for (§3 resume rules) and stream it.
 
-    `after` overrides the request's position (a turn's own POST response starts at its first event).
+    `after` overrides the request's position (a turn's own POST response starts at its first event);
+    `outbox` frames the events another way (a protocol view) instead of as agentwire's own SSE.
     """
     if after is None:
         after = requested_after(request.headers.get("last-event-id"), request.query_params.get("from"))
-    outbox = SseOutbox(hub.buffer_limit)
+    outbox = outbox or SseOutbox(hub.buffer_limit)
     hub.register(outbox)
     try:
         subscription = await hub.subscribe(stream, outbox, after, default_at_head=default_at_head,

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentwire.hub import Hub
+from agentwire.openapi import errors
 from agentwire.types import JSON, TASKS_STREAM, AgentwireError, Append, Doc, NotFound
 
 Status = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
@@ -213,23 +214,23 @@ def router(board_of: Callable[[Request], Board]) -> APIRouter:
                          offset: Annotated[int, Query(ge=0)] = 0) -> JSON:
         return await board_of(request).list(status=status, scope=scope, tag=tag, limit=limit, offset=offset)
 
-    @api.post("", status_code=201)
+    @api.post("", status_code=201, responses=errors(409))
     async def create_task(request: Request, body: TaskIn) -> JSONResponse:
         return JSONResponse(await board_of(request).create(body), status_code=201)
 
-    @api.get("/{task_id}")
+    @api.get("/{task_id}", responses=errors(404))
     async def get_task(request: Request, task_id: str) -> JSON:
         return await board_of(request).get(task_id)
 
-    @api.patch("/{task_id}")
+    @api.patch("/{task_id}", responses=errors(404))
     async def update_task(request: Request, task_id: str, body: TaskPatch) -> JSON:
         return await board_of(request).update(task_id, body)
 
-    @api.delete("/{task_id}", status_code=204)
+    @api.delete("/{task_id}", status_code=204, responses=errors(404))
     async def delete_task(request: Request, task_id: str) -> None:
         await board_of(request).delete(task_id)
 
-    @api.post("/{task_id}/choose")
+    @api.post("/{task_id}/choose", responses=errors(404, 409))
     async def choose(request: Request, task_id: str, body: ChooseIn) -> JSON:
         return await board_of(request).choose(task_id, body.value)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,55 @@ def now_ms() -> int:
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
+
+
+# What every JSON value we accept must fit: the journal's encoder (orjson) and most clients hold
+# integers in 64 bits and have no NaN or infinity.
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
+
+
+class BadJson(json.JSONDecodeError):
+    """Well-formed JSON that agentwire cannot store faithfully: NaN, ±Infinity, a number too big for a
+    double, an integer outside signed/unsigned 64 bits."""
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """Parse JSON, refusing what `dumps` could not write back unchanged (a 422 at the door is better
+    than a 500 or a silently rounded number after the event was stored)."""
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    def number(literal: str) -> float:
+        value = float(literal)
+        if not math.isfinite(value):
+            raise ValueError(f"{literal[:40]} is out of range")
+        return value
+
+    def integer(literal: str) -> int:
+        value = int(literal)
+        if not INT_MIN <= value <= INT_MAX:
+            raise ValueError(f"integer {literal[:40]} is outside 64 bits")
+        return value
+
+    try:
+        document = text.decode() if isinstance(text, bytes) else text
+    except UnicodeDecodeError as exc:
+        raise BadJson(f"not UTF-8 at byte {exc.start}", "", 0) from None
+    try:
+        value = json.loads(document, parse_constant=constant, parse_float=number, parse_int=integer)
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        raise BadJson(str(exc), document, 0) from None
+    except RecursionError:
+        raise BadJson("nested too deeply", document, 0) from None
+    try:
+        # What parses but cannot be stored: a lone surrogate (`"\\ud800"`), nesting over orjson's 254.
+        orjson.dumps(value)
+    except TypeError as exc:
+        raise BadJson(str(exc), document, 0) from None
+    return value
 
 
 @dataclass(slots=True)
@@ -141,6 +193,37 @@ class AgentwireError(Exception):
         if self.field is not None:
             error["field"] = self.field
         return {"error": error}
+
+
+class ValidationFailed(AgentwireError):
+    """A request that does not match its schema: the one shape every transport answers with.
+
+    `errors` are pydantic's (or FastAPI's) error dicts; the first names `field` and the message, all
+    of them are listed in `errors` as {field, message}."""
+
+    status = 422
+    code = "validation_error"
+
+    def __init__(self, errors: Sequence[Any]) -> None:
+        found = [_error_entry(error) for error in errors] or [{"field": "body", "message": "invalid request"}]
+        super().__init__(f"{found[0]['field']}: {found[0]['message']}", field=found[0]["field"])
+        self.errors = found
+
+    def body(self) -> JSON:
+        body = super().body()
+        body["error"]["errors"] = self.errors
+        return body
+
+
+def _error_entry(error: Any) -> dict[str, str]:
+    location = tuple(error.get("loc", ()))
+    message = str(error.get("msg", "invalid"))
+    if error.get("type") == "json_invalid":
+        # Malformed JSON is located at ("body", <offset>): the field is the body, not the offset.
+        detail = (error.get("ctx") or {}).get("error")
+        return {"field": "body", "message": f"{message}: {detail}" if detail else message}
+    field = ".".join(str(part) for part in location if part != "body") or "body"
+    return {"field": field, "message": message}
 
 
 class NotFound(AgentwireError):

@@ -2,7 +2,9 @@
 rules as SSE, so a client may switch transports mid-stream and resume at its last seq.
 
 Client → server, one JSON text frame each, answered in order by one `{"op": "ack", "ref", …}` or
-`{"op": "error", "ref", "error": {"code", "message"}}` (`ref` echoed when the request had one):
+`{"op": "error", "ref", "error": {"code", "message", "field"?, "errors"?}}` (`ref` echoed when the
+request had one; a frame that does not fit its op is a `validation_error` naming the field, in the
+shape a REST body gets; JSON is parsed as strictly as request bodies are):
 
 - `{"op": "subscribe", "stream", "after"?: L, "from"?: N, "fold"?: bool}` — `after` (seq > L) wins
   over `from` (seq >= N); neither: the stream's default start (console from its first event,
@@ -25,20 +27,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from agentwire.config import Config
 from agentwire.console import Console
+from agentwire.console.runtime import Lane
 from agentwire.console.transcript import CatchUpFold
 from agentwire.hub import Hub, Outbox, Subscription
 from agentwire.resume import MAX_SEQ
-from agentwire.types import JSON, KONSOLE_PREFIX, TASKS_STREAM, AgentwireError, Conflict, Event
+from agentwire.types import (
+    JSON,
+    KONSOLE_PREFIX,
+    TASKS_STREAM,
+    AgentwireError,
+    Conflict,
+    Event,
+    ValidationFailed,
+    loads_strict,
+)
 
 log = logging.getLogger("agentwire.ws")
 
@@ -217,15 +231,15 @@ class _Connection:
         ref: Any = None
         try:
             try:
-                request = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                raise AgentwireError("frame is not JSON", code="bad_json") from None
+                request = loads_strict(text)
+            except json.JSONDecodeError as exc:
+                raise AgentwireError(f"frame is not JSON agentwire accepts: {exc.msg}", code="bad_json") from None
             if not isinstance(request, dict):
                 raise AgentwireError("frame must be a JSON object with an 'op'", code="bad_frame")
             ref = request.get("ref")
             op = request.get("op")
             if op is None:
-                raise AgentwireError("op is required", code="missing_field", status=422, field="op")
+                raise ValidationFailed([{"loc": ("op",), "msg": "Field required"}])
             handler = self.ops.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise AgentwireError(f"unknown op {str(op)[:40]!r}: use one of {', '.join(self.ops)}",
@@ -244,20 +258,17 @@ class _Connection:
     # ops
 
     async def _subscribe(self, request: JSON) -> JSON:
-        stream = _text(request, "stream")
+        frame = _parse(SubscribeFrame, request)
+        stream = frame.stream
         if stream in self.subscriptions:
             raise Conflict(f"already subscribed to {stream!r} on this connection: unsubscribe first",
                            code="already_subscribed", field="stream")
         if len(self.subscriptions) >= self.config.max_subscriptions:
             raise AgentwireError(f"at most {self.config.max_subscriptions} subscriptions per connection",
                                  code="too_many_subscriptions", status=429, field="stream")
-        after = _position(request, "after")
-        if after is None:
-            first = _position(request, "from")
-            after = None if first is None else max(0, first - 1)
-        fold = request.get("fold", False)
-        if not isinstance(fold, bool):
-            raise AgentwireError("fold must be true or false", code="bad_field", field="fold")
+        after = frame.after
+        if after is None and frame.from_ is not None:
+            after = max(0, frame.from_ - 1)
         if stream == TASKS_STREAM:
             at_head = True
         elif stream.startswith(KONSOLE_PREFIX):
@@ -267,11 +278,11 @@ class _Connection:
             raise AgentwireError(f"unknown stream {stream[:80]!r}: use 'tasks' or 'konsole/<session>'",
                                  code="bad_stream", field="stream")
         self.subscriptions[stream] = await self.hub.subscribe(
-            stream, self.outbox, after, default_at_head=at_head, replay=CatchUpFold() if fold else None)
+            stream, self.outbox, after, default_at_head=at_head, replay=CatchUpFold() if frame.fold else None)
         return {"stream": stream}
 
     async def _unsubscribe(self, request: JSON) -> JSON:
-        stream = _text(request, "stream")
+        stream = _parse(UnsubscribeFrame, request).stream
         subscription = self.subscriptions.pop(stream, None)
         if subscription is None:
             raise AgentwireError(f"not subscribed to {stream[:80]!r}", code="not_subscribed", status=404,
@@ -280,27 +291,26 @@ class _Connection:
         return {"stream": stream}
 
     async def _send(self, request: JSON) -> JSON:
-        session = _text(request, "session")
-        message = _text(request, "message", limit=None)
-        lane = request.get("lane", "main")
-        if lane not in ("main", "quick"):
-            raise AgentwireError("lane must be 'main' or 'quick'", code="bad_lane", status=422, field="lane")
-        if_busy = request.get("if_busy", "queue")
-        if if_busy not in ("queue", "reject"):
-            raise AgentwireError("if_busy must be 'queue' or 'reject'", code="bad_if_busy", status=422,
-                                 field="if_busy")
-        turn = await _finish(self.console.submit(session, message, lane, if_busy))
+        frame = _parse(SendFrame, request)
+        turn = await self._finish(self.console.submit(frame.session, frame.message, frame.lane, frame.if_busy),
+                                  "ws send")
         assert turn.first_event is not None
         # `first_seq`, not `seq`: an ack must never look like an event to a client that checks for a seq.
-        return {"turn": turn.id, "session": session, "lane": lane, "first_seq": turn.first_event.seq}
+        return {"turn": turn.id, "session": frame.session, "lane": frame.lane, "first_seq": turn.first_event.seq}
 
     async def _cancel(self, request: JSON) -> JSON:
-        session = _text(request, "session")
-        turn = _text(request, "turn", required=False)
-        return await _finish(self.console.cancel(session, turn))
+        frame = _parse(CancelFrame, request)
+        return await self._finish(self.console.cancel(frame.session, frame.turn), "ws cancel")
 
     async def _ping(self, request: JSON) -> JSON:
+        _parse(_Frame, request)
         return {}
+
+    async def _finish(self, work: Coroutine[Any, Any, T], name: str) -> T:
+        """Run a request that changes state to its end even if the socket goes away meanwhile, so a
+        turn is never left half started (as an HTTP request whose client leaves is not); the console
+        owns the task, so server shutdown still ends it."""
+        return await asyncio.shield(self.console.tasks.spawn(work, name=name))
 
 
 def _with_ref(message: JSON, ref: Any) -> JSON:
@@ -309,36 +319,46 @@ def _with_ref(message: JSON, ref: Any) -> JSON:
     return message
 
 
-def _text(request: JSON, name: str, *, required: bool = True, limit: int | None = 200) -> Any:
-    value = request.get(name)
-    if value is None:
-        if required:
-            raise AgentwireError(f"{name} is required", code="missing_field", status=422, field=name)
-        return None
-    if not isinstance(value, str) or (limit is not None and len(value) > limit):
-        raise AgentwireError(f"{name} must be a string" + (f" of at most {limit} characters" if limit else ""),
-                             code="bad_field", status=422, field=name)
-    return value
+# Client frames, checked as REST bodies are (strict types: "5" is no seq, true is no number), and
+# refused in the same shape: {"code": "validation_error", "message", "field", "errors"}.
+Name = Annotated[str, Field(max_length=200)]
+Position = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 
 
-def _position(request: JSON, name: str) -> int | None:
-    value = request.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
-        raise AgentwireError(f"{name} must be a non-negative integer sequence number, got {str(value)[:40]!r}",
-                             code="bad_position", field=name)
-    return value
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    op: str
+    ref: Any = None
 
 
-async def _finish(work: Awaitable[T]) -> T:
-    """Run a request that changes state to its end even if the socket goes away meanwhile, so a
-    turn is never left half started (as an HTTP request whose client leaves is not)."""
-    task = asyncio.ensure_future(work)
-    task.add_done_callback(_retrieve)
-    return await asyncio.shield(task)
+class SubscribeFrame(_Frame):
+    stream: Name
+    after: Position | None = None
+    from_: Position | None = Field(default=None, alias="from")
+    fold: bool = False
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+class UnsubscribeFrame(_Frame):
+    stream: Name
+
+
+class SendFrame(_Frame):
+    session: Name
+    message: str  # its size and emptiness are the console's to judge (413/422 as over REST)
+    lane: Lane = "main"
+    if_busy: Literal["queue", "reject"] = "queue"
+
+
+class CancelFrame(_Frame):
+    session: Name
+    turn: Name | None = None
+
+
+Frame = TypeVar("Frame", bound=_Frame)
+
+
+def _parse(model: type[Frame], request: JSON) -> Frame:
+    try:
+        return model.model_validate(request)
+    except ValidationError as exc:
+        raise ValidationFailed(exc.errors()) from None

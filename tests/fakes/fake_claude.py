@@ -16,22 +16,12 @@ usage, ``total_cost_usd``, ``duration_ms``, ``num_turns``. With partial messages
 Claude Code emits it)/``content_block_stop``, then ``message_delta`` and ``message_stop``.
 
 Modes, by ``--fake-mode`` (or ``FAKE_CLAUDE_MODE``) or by a keyword in the prompt (the prompt wins):
-
-===============  =====================================================================================
-``[slow]``       a pause (``--fake-delay-ms``, default 100 in this mode) after every delta: cancel tests
-``[slow-tool]``  the ``Bash`` call starts a real ``sleep`` child and waits for it (60 s) before its result
-``[malformed]``  non-JSON, truncated JSON, a JSON array and an unknown ``type`` mixed into the output
-``[crash]``      some output, then a message on stderr and exit code 3, with no ``result``
-``[no-partial]`` no ``stream_event`` lines even with ``--include-partial-messages``
-``[error]``      the API fails: an ``assistant`` line with the error text, ``result`` with ``is_error``
-``[max-turns]``  ``result`` subtype ``error_max_turns``
-``[silent-exit]`` exit 1 at once, printing nothing on stdout
-===============  =====================================================================================
+``[malformed]`` mixes non-JSON, truncated JSON, a JSON array and an unknown ``type`` into the output;
+``[crash]`` prints some output, then a message on stderr, and exits with code 3 without a ``result``.
+Everything else about the CLI is shown with the real one (see ``tests/test_cli_agent.py``).
 
 Bookkeeping for tests, in ``--fake-dir DIR`` (or ``FAKE_CLAUDE_DIR``): ``<pid>.start`` (written at
-start, before stdin is read: the start time), ``<pid>.prompt`` (JSON: argv, prompt, session id),
-``<pid>.child`` (the pid of a tool's child process) and ``session-<id>`` per CLI session, so that
-``--resume`` of an unknown session fails as the real CLI does ("No conversation found").
+start, before stdin is read: the start time).
 """
 
 from __future__ import annotations
@@ -39,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -53,7 +42,7 @@ TOOLS = ["Task", "Bash", "Glob", "Grep", "LS", "Read", "Edit", "Write", "Noteboo
 ANSWER = ("The stream is journaled before delivery, so a client that reconnects resumes from its last "
           "sequence number and sees every event exactly once, in order. Slow viewers are cut loose instead "
           "of slowing the agent down.")
-MODES = ("slow-tool", "slow", "malformed", "crash", "no-partial", "error", "max-turns", "silent-exit")
+MODES = ("malformed", "crash")
 
 
 class Fake:
@@ -62,9 +51,8 @@ class Fake:
         self.prompt = prompt
         self.mode = mode
         self.dir = fake_dir
-        self.partial = args.include_partial_messages and mode != "no-partial"
-        self.delay = (args.fake_delay_ms if args.fake_delay_ms is not None else (100 if mode == "slow" else 0)) / 1000
-        self.session_id = args.resume or str(uuid.uuid4())
+        self.partial = args.include_partial_messages
+        self.session_id = str(uuid.uuid4())
         self.model = args.model or MODEL
         self.started = time.monotonic()
         self.api_ms = 0
@@ -82,10 +70,6 @@ class Fake:
     def raw(self, line: str) -> None:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
-
-    def pause(self) -> None:
-        if self.delay:
-            time.sleep(self.delay)
 
     def envelope(self, kind: str, **fields: Any) -> dict[str, Any]:
         return {"type": kind, **fields, "parent_tool_use_id": None, "session_id": self.session_id,
@@ -123,7 +107,6 @@ class Fake:
                 for piece in _chunks(block["text"], chunks):
                     self.stream({"type": "content_block_delta", "index": index,
                                  "delta": {"type": "text_delta", "text": piece}})
-                    self.pause()
                 output_tokens += len(block["text"]) // 4 + 1
             elif kind == "thinking":
                 self.stream({"type": "content_block_start", "index": index,
@@ -131,7 +114,6 @@ class Fake:
                 for piece in _chunks(block["thinking"], chunks):
                     self.stream({"type": "content_block_delta", "index": index,
                                  "delta": {"type": "thinking_delta", "thinking": piece}})
-                    self.pause()
                 self.stream({"type": "content_block_delta", "index": index,
                              "delta": {"type": "signature_delta", "signature": block["signature"]}})
                 output_tokens += len(block["thinking"]) // 4 + 1
@@ -193,17 +175,8 @@ class Fake:
 
     def run(self) -> int:
         mode = self.mode
-        if mode == "silent-exit":
-            sys.stderr.write("Error: fake silent exit\n")
-            return 1
         self.init()
         topic = " ".join(self.prompt.split()[:8])
-        if mode == "error":
-            message = ('API Error: 500 {"type":"error","error":{"type":"api_error","message":"Internal server '
-                       'error"},"request_id":"req_011CUfake"}')
-            self.message([{"type": "text", "text": message}], "stop_sequence", chunks=1)
-            self.result(message, is_error=True)
-            return 1
         if mode == "malformed":
             self.raw("this is not json")
         todos = [
@@ -240,10 +213,6 @@ class Fake:
             {"type": "tool_use", "id": grep_id, "name": "Grep",
              "input": {"pattern": "journal", "output_mode": "files_with_matches"}},
         ], "tool_use")
-        if mode == "slow-tool":
-            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-            self.note(f"{os.getpid()}.child", str(child.pid))
-            child.wait()
         self.tool_result(bash_id, "README.md\npyproject.toml\nsrc\ntests",
                          tool_use_result={"stdout": "README.md\npyproject.toml\nsrc\ntests", "stderr": "",
                                           "interrupted": False, "isImage": False})
@@ -256,25 +225,14 @@ class Fake:
         self.message([{"type": "tool_use", "id": "toolu_01" + uuid.uuid4().hex[:22], "name": "TodoWrite",
                        "input": {"todos": todos}}], "tool_use")
         self.tool_result(self._last_tool_id, "Todos have been modified successfully.")
-        if mode == "max-turns":
-            self.result("Reached maximum number of turns (4)", subtype="error_max_turns")
-            return 1
         answer = f"About {topic}: {ANSWER}"
-        if self.args.resume:
-            answer += f" (resumed session {self.args.resume})"
-        if self.args.append_system_prompt:
-            answer += f" (system: {self.args.append_system_prompt})"
-        self.message([{"type": "text", "text": answer}], "end_turn", chunks=40 if mode == "slow" else 12)
+        self.message([{"type": "text", "text": answer}], "end_turn", chunks=12)
         self.result(answer)
         return 0
 
     @property
     def _last_tool_id(self) -> str:
         return self._tool_ids[-1]
-
-    def note(self, name: str, text: str) -> None:
-        if self.dir is not None:
-            (self.dir / name).write_text(text)
 
 
 def _chunks(text: str, parts: int) -> list[str]:
@@ -292,7 +250,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume")
     parser.add_argument("--append-system-prompt")
     parser.add_argument("--fake-mode", default=os.environ.get("FAKE_CLAUDE_MODE", "normal"))
-    parser.add_argument("--fake-delay-ms", type=float)
     parser.add_argument("--fake-dir", default=os.environ.get("FAKE_CLAUDE_DIR"))
     parser.add_argument("prompt", nargs="?")
     return parser.parse_args(argv)
@@ -317,15 +274,7 @@ def main(argv: list[str]) -> int:
                          "using --print\n")
         return 1
     mode = next((m for m in MODES if f"[{m}]" in prompt), args.fake_mode)
-    if args.resume and fake_dir is not None and not (fake_dir / f"session-{args.resume}").exists():
-        sys.stderr.write(f"No conversation found with session ID: {args.resume}\n")
-        return 1
-    fake = Fake(args, prompt, mode, fake_dir)
-    if fake_dir is not None:
-        (fake_dir / f"{pid}.prompt").write_text(json.dumps(
-            {"argv": argv, "prompt": prompt, "session_id": fake.session_id, "mode": mode}))
-        (fake_dir / f"session-{fake.session_id}").write_text(prompt)
-    return fake.run()
+    return Fake(args, prompt, mode, fake_dir).run()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -14,12 +15,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 
 from agentwire.app import create_app
 from agentwire.config import Config
+from agentwire.server import uvicorn_options
 
 
 def free_port() -> int:
@@ -115,29 +118,81 @@ class _ThreadServer(uvicorn.Server):
         pass
 
 
+class ThreadServer:
+    """`create_app(config)` served as `agentwire serve` serves it, on a loop in a background thread.
+
+    Shutdown is checked: once uvicorn has stopped, no task may be left pending on the loop and the
+    loop may have reported nothing ("Task exception was never retrieved", "Task was destroyed but it
+    is pending", an exception in a callback); either fails the test that ran the server."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.app = create_app(config)
+        options = {**uvicorn_options(config), "log_level": "warning"}
+        self.server = _ThreadServer(uvicorn.Config(self.app, host="127.0.0.1", port=config.port, loop="asyncio",
+                                                   **options))
+        self.loop = asyncio.new_event_loop()
+        self.url = f"http://127.0.0.1:{config.port}"
+        self.left_pending: list[str] = []
+        self.loop_reports: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self._report)
+        loop.run_until_complete(self.server.serve())
+        left = asyncio.all_tasks(loop)
+        self.left_pending = sorted(f"{task.get_name()}: {task.get_coro()}" for task in left)
+        for task in left:  # end them, so the loop closes cleanly whatever the check says
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.wait(left, timeout=5))
+        gc.collect()  # a task that failed unseen reports "exception was never retrieved" when collected
+
+    def _report(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.loop_reports.append(f"{context.get('message')}: {context.get('exception')!r} "
+                                 f"{context.get('task') or context.get('future') or ''}")
+
+    def start(self) -> ThreadServer:
+        self._thread.start()
+        headers = {"authorization": f"Bearer {self.config.token}"} if self.config.token else None
+        wait_healthy(self.url, headers=headers)
+        return self
+
+    def stop(self) -> None:
+        """As `agentwire serve` does on SIGTERM: end open streams, then let uvicorn stop."""
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.app.state.ctx.hub.close)
+            self.server.should_exit = True
+            self._thread.join(15)
+        assert not self._thread.is_alive(), "the server did not stop within 15 s"
+        self.loop.close()
+
+    def check_shutdown(self) -> None:
+        assert self.left_pending == [], f"tasks left pending at shutdown: {self.left_pending}"
+        assert self.loop_reports == [], f"the loop reported at shutdown: {self.loop_reports}"
+
+
 @contextlib.contextmanager
 def running_app(config: Config | None = None, **overrides: object) -> Iterator[tuple[str, Config]]:
-    """Serve `create_app(config)` on a free port in a background thread; yields (url, config)."""
+    """Serve `create_app(config)` on a free port in a background thread; yields (url, config).
+    On leaving, the shutdown is checked (`ThreadServer`)."""
+    with served_in_thread(config, **overrides) as served:
+        yield served.url, served.config
+
+
+@contextlib.contextmanager
+def served_in_thread(config: Config | None = None, **overrides: object) -> Iterator[ThreadServer]:
     if config is None:
         values: dict[str, object] = {"port": free_port(), "journal": "memory://", "no_auth": True}
         values.update(overrides)
         config = Config(**values)  # type: ignore[arg-type]
-    app = create_app(config)
-    server = _ThreadServer(uvicorn.Config(app, host="127.0.0.1", port=config.port, loop="asyncio",
-                                          http="httptools", ws="websockets-sansio", log_level="warning",
-                                          ws_per_message_deflate=False, ws_max_size=config.max_body,
-                                          timeout_graceful_shutdown=1))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{config.port}"
+    served = ThreadServer(config)
     try:
-        headers = {"authorization": f"Bearer {config.token}"} if config.token else None
-        wait_healthy(url, headers=headers)
-        yield url, config
-    finally:
-        # As `agentwire serve` does on SIGTERM: end open streams, then let uvicorn stop.
-        loop.call_soon_threadsafe(app.state.ctx.hub.close)
-        server.should_exit = True
-        thread.join(10)
-        loop.close()
+        yield served.start()
+    except BaseException:
+        served.stop()
+        raise
+    served.stop()
+    served.check_shutdown()

@@ -45,6 +45,8 @@ class RecordingTurnIO:
     stop_reason: str = ""
     resume: JSON = field(default_factory=dict)
     cwd: str = "."
+    todo_list: list[JSON] = field(default_factory=list)
+    finish_data: JSON = field(default_factory=dict)
     handlers: dict[str, ToolHandler] = field(default_factory=dict)
     events: list[tuple[str, JSON]] = field(default_factory=list)
     outstanding_llm_calls: int = 0
@@ -64,8 +66,11 @@ class RecordingTurnIO:
     async def text_done(self, block: int, text: str) -> None:
         self._record("text.done", block=block, text=text)
 
-    async def tool_call(self, call_id: str, name: str, input: JSON) -> None:
-        self._record("tool.call", call_id=call_id, name=name, input=input)
+    async def tool_call(self, call_id: str, name: str, input: JSON, parent_call_id: str | None = None) -> None:
+        if parent_call_id is None:
+            self._record("tool.call", call_id=call_id, name=name, input=input)
+        else:
+            self._record("tool.call", call_id=call_id, name=name, input=input, parent_call_id=parent_call_id)
 
     async def tool_result(self, call_id: str, output: str, is_error: bool = False,
                           duration_ms: float | None = None) -> None:
@@ -78,6 +83,7 @@ class RecordingTurnIO:
         return outcome
 
     async def todos(self, todos: list[JSON]) -> None:
+        self.todo_list = [dict(item) for item in todos]
         self._record("todo.updated", todos=todos)
 
     async def remember(self, agent: JSON) -> None:

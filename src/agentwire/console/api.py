@@ -12,7 +12,8 @@ from starlette.responses import Response
 
 from agentwire.console.runtime import Console, Lane, SessionIn, check_session_name
 from agentwire.console.transcript import TERMINAL, CatchUpFold
-from agentwire.sse import stream_response
+from agentwire.openapi import errors, stream_responses
+from agentwire.sse import EventStreamResponse, stream_response
 from agentwire.types import JSON, KONSOLE_PREFIX, Event
 
 
@@ -35,11 +36,11 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
     async def list_sessions(request: Request) -> JSON:
         return {"sessions": await console_of(request).list_sessions()}
 
-    @api.post("", status_code=201)
+    @api.post("", status_code=201, responses=errors(409))
     async def create_session(request: Request, body: SessionIn) -> JSONResponse:
         return JSONResponse(await console_of(request).create_session(body), status_code=201)
 
-    @api.get("/{session}")
+    @api.get("/{session}", responses=errors(404))
     async def get_session(request: Request, session: str) -> JSON:
         return await console_of(request).session(session)
 
@@ -63,16 +64,18 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
         response.headers["x-agentwire-turn"] = turn_id
         return response
 
-    @api.post("/{session}/stream")
+    @api.post("/{session}/stream", response_class=EventStreamResponse, status_code=200,
+              responses={**stream_responses(), **errors(409)})
     async def stream_turn(request: Request, session: str, body: MessageIn,
                           if_busy: Literal["queue", "reject"] | None = None) -> Response:
         return await start(request, session, body, "main", if_busy)
 
-    @api.post("/{session}/quick")
+    @api.post("/{session}/quick", response_class=EventStreamResponse, status_code=200, responses=stream_responses())
     async def quick_turn(request: Request, session: str, body: MessageIn) -> Response:
         return await start(request, session, body, "quick", None)
 
-    @api.get("/{session}/events")
+    @api.get("/{session}/events", response_class=EventStreamResponse, status_code=200,
+             responses={**stream_responses(), **errors(400, 404)})
     async def events(request: Request, session: str,
                      fold: Annotated[int, Query(ge=0, le=1)] = 0) -> Response:
         console = console_of(request)
@@ -81,11 +84,11 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
                                      heartbeat=console.config.heartbeat, retry_ms=console.config.retry_ms,
                                      replay=CatchUpFold() if fold else None)
 
-    @api.get("/{session}/state")
+    @api.get("/{session}/state", responses=errors(404))
     async def state(request: Request, session: str) -> JSON:
         return await console_of(request).state(session)
 
-    @api.get("/{session}/messages")
+    @api.get("/{session}/messages", responses=errors(404))
     async def messages(request: Request, session: str) -> JSON:
         console = console_of(request)
         await console.session(session)
@@ -93,7 +96,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
         return {"session": session, "seq": view.seq, "messages": view.entries, "todos": view.todos,
                 "agent": view.agent}
 
-    @api.post("/{session}/cancel")
+    @api.post("/{session}/cancel", responses=errors(404, 409))
     async def cancel(request: Request, session: str, body: Annotated[CancelIn | None, Body()] = None) -> JSON:
         return await console_of(request).cancel(session, body.turn if body else None)
 

@@ -8,6 +8,7 @@ import logging
 
 import orjson
 
+from agentwire.background import TaskSet
 from agentwire.providers import Provider, make_provider
 from agentwire.types import JSON
 
@@ -22,13 +23,16 @@ class WarmPool:
     """Keeps up to `size` idle, warmed providers per (provider, model, options).
 
     A worker serves one quick turn and is then closed: a quick turn has its own context, so nothing
-    of one may leak into the next. The pool refills in the background after each acquire.
+    of one may leak into the next. The pool refills in the background after each acquire. A worker
+    idle for `ttl` seconds is closed (a warm agent process holds memory; the next acquire refills).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, ttl: float | None = None) -> None:
         self.size = size
+        self.ttl = ttl
         self._idle: dict[str, list[Provider]] = {}
-        self._filling: set[asyncio.Task[None]] = set()
+        self._filling = TaskSet()
+        self._closing = TaskSet()
 
     async def acquire(self, provider: str, model: str | None, options: JSON) -> Provider:
         key = _key(provider, model, options)
@@ -61,21 +65,31 @@ class WarmPool:
                     log.warning("could not warm a %s worker", provider, exc_info=True)
                     return
                 idle.append(worker)
+                if self.ttl is not None:
+                    asyncio.get_running_loop().call_later(self.ttl, self._expire, idle, worker)
 
-        task = asyncio.create_task(fill())
-        self._filling.add(task)
-        task.add_done_callback(self._filling.discard)
+        self._filling.spawn(fill(), name=f"warm {provider}")
+
+    def _expire(self, idle: list[Provider], worker: Provider) -> None:
+        if worker in idle:
+            idle.remove(worker)
+            self._closing.spawn(_close(worker), name=f"close idle {worker.name}")
 
     async def close(self) -> None:
-        for task in tuple(self._filling):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await self._filling.close(timeout=5)
+        workers = []
         for idle in self._idle.values():
-            for worker in idle:
-                with contextlib.suppress(Exception):
-                    await worker.close()
-        self._idle.clear()
+            workers += idle
+            idle.clear()
+        await asyncio.gather(*(_close(worker) for worker in workers))
+        await self._closing.close(timeout=5)
+
+
+async def _close(worker: Provider) -> None:
+    try:
+        await worker.close()
+    except Exception:
+        log.warning("could not close a %s worker", worker.name, exc_info=True)
 
 
 async def _warm(worker: Provider) -> None:

@@ -15,18 +15,33 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agentwire.background import TaskSet
 from agentwire.config import Config
+from agentwire.console.agents import LiveAgents
 from agentwire.console.pool import WarmPool
 from agentwire.console.tools import Tools
 from agentwire.console.transcript import Transcript
 from agentwire.console.turn import Turn, TurnRunner
 from agentwire.hub import Hub
-from agentwire.providers import ProviderError, agents, check_provider, make_provider
+from agentwire.providers import Provider, check_provider, make_provider
 from agentwire.tasks import Board, iso_now
-from agentwire.types import JSON, KONSOLE_PREFIX, AgentwireError, Append, Conflict, Doc, Event, NotFound
+from agentwire.types import (
+    JSON,
+    KONSOLE_PREFIX,
+    AgentwireError,
+    Append,
+    Conflict,
+    Doc,
+    Event,
+    NotFound,
+    ValidationFailed,
+)
 
 log = logging.getLogger("agentwire.console")
 
+# How long shutdown waits for cancelled turns to record their end and stop their agents (an agent CLI
+# gets SIGINT, on which the ones we run stop at once, then SIGTERM and SIGKILL: `process.stop_agent`).
+CLOSE_TIMEOUT = 3.0
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Lane = Literal["main", "quick"]
 
@@ -100,8 +115,8 @@ class Console:
         self.board = board
         self.config = config
         self.tools = Tools(board)
-        self.pool = WarmPool(config.quick_pool)
-        agents.configure({"codex": config.codex_bin, "gemini-cli": config.gemini_bin})
+        self.pool = WarmPool(config.quick_pool, ttl=config.agent_ttl)
+        self.agents = LiveAgents(config.agent_ttl)
         self.node = new_id("node")
         self._lanes: dict[str, _Lanes] = {}
         self._views: dict[str, Transcript] = {}
@@ -109,29 +124,25 @@ class Console:
         self._sessions: dict[str, JSON] = {}
         board.on_choose = self._on_choose
         hub.observers.append(self._fold_live)
-        self._keeper: asyncio.Task[None] | None = None
+        # Every task the console starts (turns, the lease keeper, requests run to their end for a
+        # client that left): `close` ends them all.
+        self.tasks = TaskSet()
         # This node's turns that ended while their terminal event could not be stored.
         self._unrecorded: set[str] = set()
 
     async def start(self) -> None:
         await self.recover_interrupted()
-        self._keeper = asyncio.create_task(self._keep_leases(), name="turn leases")
+        self.tasks.spawn(self._keep_leases(), name="turn leases")
+        self.agents.start()
 
     async def close(self) -> None:
         """Server shutdown: running turns end as interrupted (their events still reach the journal)."""
-        if self._keeper is not None:
-            self._keeper.cancel()
-        tasks = [task for lanes in self._lanes.values() for task in lanes.tasks.values()]
         for lanes in self._lanes.values():
             for turn in lanes.running.values():
                 turn.cancel_reason = "interrupted"
             lanes.queue.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, 2)
-        await self.pool.close()
+        await self.tasks.close(timeout=CLOSE_TIMEOUT)
+        await asyncio.gather(self.pool.close(), self.agents.close())
 
     async def recover_interrupted(self) -> None:
         """Turns whose owner is gone are marked failed, so no viewer waits forever.
@@ -191,12 +202,17 @@ class Console:
     async def create_session(self, body: SessionIn) -> JSON:
         name = body.name or new_id("s")
         provider = body.provider or self.config.provider
-        info = check_provider(provider)
+        options = body.options.model_dump(exclude_none=True)
+        info = check_provider(provider, {**options, **self.settings(provider)})
         if await self.hub.journal.get_doc("session", name) is not None:
             raise Conflict(f"session {name!r} exists", code="session_exists")
-        options = body.options.model_dump(exclude_none=True)
         if "cwd" in options:
             options["cwd"] = check_cwd(options["cwd"])
+        if "command" in options and not self.config.allow_session_command:
+            raise AgentwireError(
+                "the session option 'command' chooses a program the server runs; this server was not "
+                "started with --allow-session-command (AGENTWIRE_ALLOW_SESSION_COMMAND=1), so sessions "
+                "use its --cli-command", code="session_command_not_allowed", status=403, field="options.command")
         if provider == "cli" and "command" not in options:
             options["command"] = list(self.config.cli_command)
         model = body.model or (provider == self.config.provider and self.config.model) or info.default_model
@@ -205,8 +221,20 @@ class Console:
         await self.hub.append(Append(KONSOLE_PREFIX + name, "session.created", {"session": session},
                                      doc=Doc("session", name, session)))
         if self.config.quick_pool:
-            self.pool.prewarm(provider, session["model"], options)
+            self.pool.prewarm(provider, session["model"], self._options(session))
         return session
+
+    def settings(self, provider: str) -> JSON:
+        """What the server decides for a provider (its flags: the agent CLI to run), given to it in its
+        options. Not stored with a session: a restart with other flags applies to every session."""
+        config = self.config
+        server: JSON = {"claude": {"claude_bin": config.claude_bin}, "codex": {"codex_bin": config.codex_bin},
+                        "gemini-cli": {"gemini_bin": config.gemini_bin}}.get(provider, {})
+        return {k: v for k, v in server.items() if v is not None}
+
+    def _options(self, session: JSON) -> JSON:
+        """What a session's provider is made with: its options, plus the server's settings for it."""
+        return {**session["options"], **self.settings(session["provider"])}
 
     async def session(self, name: str, *, create: bool = False) -> JSON:
         check_session_name(name)
@@ -272,15 +300,17 @@ class Console:
                                  status=413, field="message")
         return message
 
-    async def submit(self, name: str, message: str, lane: Lane = "main", if_busy: str = "queue") -> Turn:
-        """Start (or queue) a turn; returns once its first event is stored (`turn.first_event`)."""
+    async def submit(self, name: str, message: str, lane: Lane = "main", if_busy: str = "queue",
+                     origin: JSON | None = None) -> Turn:
+        """Start (or queue) a turn; returns once its first event is stored (`turn.first_event`).
+        `origin`, if given, goes into `turn.queued`/`turn.started` as is."""
         self.check_message(message)
         if if_busy not in ("queue", "reject"):
             raise AgentwireError("if_busy must be 'queue' or 'reject'", code="bad_if_busy", status=422,
                                  field="if_busy")
         session = await self.session(name, create=True)
         lanes = self._lanes.setdefault(name, _Lanes())
-        turn = Turn(new_id("t"), name, lane, message)
+        turn = Turn(new_id("t"), name, lane, message, origin=origin)
         # The lease comes before the turn's first event, so no node ever sees an open turn unowned.
         await self._lease(turn.id)
         if lane == "quick":
@@ -303,7 +333,7 @@ class Console:
             await self.hub.journal.release("turn:" + turn.id, self.node)
             raise Conflict(f"session {name!r} is running turn {lanes.main.id}", code="turn_in_progress")
         turn.first_event = await self.hub.append(Append(
-            turn.stream, "turn.queued", {"message": message, "position": len(lanes.queue) + 1},
+            turn.stream, "turn.queued", {"message": message, "position": len(lanes.queue) + 1, **_origin(turn)},
             turn=turn.id, lane="main", doc=Doc("turn", turn.id, self._turn_doc(turn))))
         # Queued only once `turn.queued` is stored, so `turn.started` can never come before it.
         lanes.queue.append(turn)
@@ -317,12 +347,11 @@ class Console:
     async def _started(self, turn: Turn, session: JSON) -> Event:
         return await self.hub.append(Append(
             turn.stream, "turn.started",
-            {"message": turn.message, "provider": session["provider"], "model": session.get("model")},
+            {"message": turn.message, "provider": session["provider"], "model": session.get("model"), **_origin(turn)},
             turn=turn.id, lane=turn.lane, doc=Doc("turn", turn.id, self._turn_doc(turn))))
 
     def _spawn(self, lanes: _Lanes, turn: Turn, session: JSON | None) -> None:
-        task = asyncio.create_task(self._run(turn, session), name=f"turn {turn.id}")
-        lanes.tasks[turn.id] = task
+        lanes.tasks[turn.id] = self.tasks.spawn(self._run(turn, session), name=f"turn {turn.id}")
 
     def _next(self, name: str) -> None:
         lanes = self._lanes[name]
@@ -337,7 +366,9 @@ class Console:
         """Run a turn to its terminal event. `session` None: a queued turn, announced here."""
         lanes = self._lanes[turn.session]
         runner: TurnRunner | None = None
-        provider = None
+        provider: Provider | None = None
+        live = False  # a session's live provider, lent by `self.agents`
+        crashed = False
         try:
             if session is None:
                 session = await self.session(turn.session)
@@ -346,11 +377,15 @@ class Console:
             # Read per turn, not cached: the last turn may have run on another node, or before a restart.
             resume = await self.hub.journal.get_doc("agent", turn.session) if turn.lane == "main" else None
             runner = TurnRunner(self, turn, session, view.history(turn.lane, before_turn=turn.id), self.tools.specs,
-                                resume)
+                                resume, view.lane_todos.get("main", []) if turn.lane == "main" else [])
+            name, model, options = session["provider"], session.get("model"), self._options(session)
             if turn.lane == "quick":
-                provider = await self.pool.acquire(session["provider"], session.get("model"), session["options"])
+                provider = await self.pool.acquire(name, model, options)
+            elif check_provider(name, options).live:
+                provider = self.agents.take(turn.session, lambda: make_provider(name, model, options))
+                live = True
             else:
-                provider = make_provider(session["provider"], session.get("model"), session["options"])
+                provider = make_provider(name, model, options)
             if provider_model := getattr(provider, "model", None):
                 runner.model = runner.model or str(provider_model)
             await provider.run(runner)
@@ -362,11 +397,12 @@ class Console:
                 await self._end(turn, runner, "turn.failed", {"error": "interrupted"})
             else:
                 await self._end(turn, runner, "turn.cancelled", {"reason": reason})
-        except (ProviderError, AgentwireError) as exc:
+        except AgentwireError as exc:  # ProviderError included: a reason the user should read
             log.info("turn %s failed: %s", turn.id, exc)
             await self._fail(turn, runner, str(exc))
         except Exception as exc:
             log.exception("turn %s crashed", turn.id)
+            crashed = True
             await self._fail(turn, runner, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             turn.done = True
@@ -374,7 +410,11 @@ class Console:
             lanes.tasks.pop(turn.id, None)
             with contextlib.suppress(AgentwireError):
                 await self.hub.journal.release("turn:" + turn.id, self.node)
-            if provider is not None:
+            if provider is not None and live and not crashed:
+                self.agents.give_back(turn.session, provider)
+            elif provider is not None and live:
+                await self.agents.drop(turn.session, provider)
+            elif provider is not None:
                 with contextlib.suppress(Exception):
                     await provider.close()
             if lanes.main is turn:
@@ -424,6 +464,10 @@ class Console:
         return {"id": turn.id, "session": session, "seq": turn.first_event.seq}
 
 
+def _origin(turn: Turn) -> JSON:
+    return {} if turn.origin is None else {"origin": turn.origin}
+
+
 def _turn_json(turn: Any) -> JSON:
     return {"id": turn.id, "lane": turn.lane, "message": turn.message, "status": turn.status,
             "provider": turn.provider, "model": turn.model}
@@ -433,6 +477,4 @@ def parse_session_in(body: JSON) -> SessionIn:
     try:
         return SessionIn.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise AgentwireError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", code="validation_error",
-                             status=422, field=".".join(map(str, first["loc"]))) from exc
+        raise ValidationFailed(exc.errors()) from exc

@@ -27,6 +27,7 @@ class TurnSummary:
     model: str | None = None
     started_seq: int = 0
     error: str | None = None
+    origin: JSON | None = None  # who asked for the turn (a protocol view's run id), as submitted
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Transcript:
     state: JSON = field(default_factory=lambda: {"agent_state": "idle", "outstanding_llm_calls": 0,
                                                  "outstanding_tool_calls": []})
     agent: JSON = field(default_factory=dict)  # the main lane's latest `agent.info`: what runs its turns
+    lane_todos: dict[str, list[JSON]] = field(default_factory=dict)  # each lane's latest todo list
     _blocks: dict[tuple[str, str, int], JSON] = field(default_factory=dict)
     _tools: dict[str, JSON] = field(default_factory=dict)
 
@@ -61,7 +63,7 @@ class Transcript:
             summary = self.turns.get(turn)
             if summary is None:
                 summary = self.turns[turn] = TurnSummary(turn, lane, data.get("message", ""), "queued",
-                                                         started_seq=seq)
+                                                         started_seq=seq, origin=data.get("origin"))
                 self.entries.append({**base, "role": "user", "kind": "message", "text": summary.message})
             if kind == "turn.started":
                 summary.status = "running"
@@ -84,6 +86,8 @@ class Transcript:
             entry = {**base, "role": "assistant", "kind": "tool", "call_id": data.get("call_id"),
                      "name": data.get("name"), "input": data.get("input"), "output": None,
                      "is_error": False, "duration_ms": None, "done": False}
+            if data.get("parent_call_id"):
+                entry["parent_call_id"] = data["parent_call_id"]
             self._tools[str(data.get("call_id"))] = entry
             self.entries.append(entry)
         elif kind == "tool.result":
@@ -95,12 +99,12 @@ class Transcript:
             entry.update(output=data.get("output"), is_error=bool(data.get("is_error")),
                          duration_ms=data.get("duration_ms"), done=True, seq=seq)
         elif kind == "todo.updated":
-            self.todos = list(data.get("todos", []))
+            self.todos = self.lane_todos[lane] = list(data.get("todos", []))
         elif kind == "agent.info" and lane == "main":  # a quick turn's agent has a context of its own
             self.agent = dict(data)
         elif kind == "state":
-            self.state = {k: data[k] for k in ("agent_state", "outstanding_llm_calls", "outstanding_tool_calls")
-                          if k in data} | {"turn": turn, "lane": lane}
+            self.state = {k: data[k] for k in ("agent_state", "outstanding_llm_calls", "outstanding_tool_calls",
+                                               "retry_in_ms") if k in data} | {"turn": turn, "lane": lane}
         elif kind in TERMINAL:
             summary = self.turns.get(turn)
             if summary is not None:
@@ -135,7 +139,8 @@ class Transcript:
 
 
 def _end_fields(data: JSON) -> JSON:
-    return {k: data[k] for k in ("stop_reason", "usage", "timing", "error", "reason") if k in data}
+    return {k: data[k] for k in ("stop_reason", "usage", "timing", "error", "reason", "permission_denials")
+            if k in data}
 
 
 class CatchUpFold:

@@ -30,6 +30,9 @@ class Turn:
     cancel_reason: str | None = None
     done: bool = False
     first_event: Event | None = field(default=None, repr=False)
+    # Who asked, recorded on the turn's first event (e.g. {"protocol": "ag-ui", "run_id": …}), so a
+    # protocol view can tell its own runs apart when a client resumes one.
+    origin: JSON | None = None
 
     @property
     def stream(self) -> str:
@@ -86,15 +89,16 @@ class _EventWriter:
                     self._space.set()
             self._drained.set()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._task.cancel()
+        await asyncio.wait({self._task})
 
 
 class TurnRunner:
     """Implements `providers.TurnIO` for one turn: its calls become journaled events, in order."""
 
     def __init__(self, console: Console, turn: Turn, session: JSON, history: list[Message],
-                 tools: list[ToolSpec], resume: JSON | None = None) -> None:
+                 tools: list[ToolSpec], resume: JSON | None = None, todo_list: list[JSON] | None = None) -> None:
         self.console = console
         self.turn = turn
         self.turn_id = turn.id
@@ -107,6 +111,8 @@ class TurnRunner:
         self.options: JSON = dict(session.get("options") or {})
         self.resume: JSON = dict(resume or {})
         self.cwd = str(self.options.get("cwd") or os.getcwd())
+        self.todo_list: list[JSON] = [dict(item) for item in todo_list or []]
+        self.finish_data: JSON = {}
         self.tools = tools
         self.usage = Usage()
         self.stop_reason = "end_turn"
@@ -115,6 +121,7 @@ class TurnRunner:
         self._tool_calls: dict[str, str] = {}
         self._agent_state = "starting"
         self._tool_started: dict[str, float] = {}
+        self._tool_parents: dict[str, str] = {}
         self._writer = _EventWriter(console.hub)
 
     async def emit(self, type: str, data: JSON) -> None:
@@ -165,13 +172,16 @@ class TurnRunner:
         self.clock.saw_output()
         await self.emit("text.done", {"block": block, "text": text})
 
-    async def tool_call(self, call_id: str, name: str, input: JSON) -> None:
+    async def tool_call(self, call_id: str, name: str, input: JSON, parent_call_id: str | None = None) -> None:
         self.clock.saw_output()
         self._tool_calls[call_id] = name
         self._tool_started[call_id] = time.monotonic()
         self._agent_state = ""
         await self._set_state("running_tool")
-        await self.emit("tool.call", {"call_id": call_id, "name": name, "input": input})
+        data: JSON = {"call_id": call_id, "name": name, "input": input}
+        if parent_call_id is not None:
+            data["parent_call_id"] = self._tool_parents[call_id] = parent_call_id
+        await self.emit("tool.call", data)
 
     async def tool_result(self, call_id: str, output: str, is_error: bool = False,
                           duration_ms: float | None = None) -> None:
@@ -180,8 +190,11 @@ class TurnRunner:
             duration_ms = (time.monotonic() - started) * 1000 if started is not None else 0.0
         self._tool_calls.pop(call_id, None)
         self.clock.tool_ran(duration_ms)
-        await self.emit("tool.result", {"call_id": call_id, "output": output, "is_error": is_error,
-                                        "duration_ms": round(duration_ms, 3)})
+        data: JSON = {"call_id": call_id, "output": output, "is_error": is_error,
+                      "duration_ms": round(duration_ms, 3)}
+        if (parent := self._tool_parents.pop(call_id, None)) is not None:
+            data["parent_call_id"] = parent
+        await self.emit("tool.result", data)
         self._agent_state = ""
         await self._set_state("running_tool" if self._tool_calls else
                               ("waiting_for_model" if self._llm_calls else "working"))
@@ -194,6 +207,7 @@ class TurnRunner:
         return outcome
 
     async def todos(self, todos: list[JSON]) -> None:
+        self.todo_list = [dict(item) for item in todos]
         await self.emit("todo.updated", {"todos": todos})
 
     async def remember(self, agent: JSON) -> None:
@@ -215,7 +229,7 @@ class TurnRunner:
             await self._set_state("idle")
             await self._writer.flush()
         finally:
-            self._writer.close()
+            await self._writer.close()
         return await self.console.hub.append(Append(
-            self.turn.stream, type, {**data, "timing": self.clock.timing()}, turn=self.turn.id,
+            self.turn.stream, type, {**self.finish_data, **data, "timing": self.clock.timing()}, turn=self.turn.id,
             lane=self.turn.lane, doc=Doc("turn", self.turn.id, None)))

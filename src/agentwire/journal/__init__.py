@@ -10,6 +10,12 @@ Contract, for every backend:
   journal could forget. The listener sees each stream's events in seq order; it may miss some (a
   Redis reader reconnecting) but never reorders them, so subscribers treat a jump as "read the
   journal", never as data.
+- A listener that raises changes nothing for appends: the exception is logged with the event's
+  stream and seq, that append returns its events as usual, and every later append (and the listener
+  call for it) goes on as if nothing happened. What the listener failed to hand on is still in the
+  journal: a subscriber that missed an event sees the jump in seq at its next event and re-reads the
+  journal from its last seq. Every backend calls its listener through `pass_on`, the one place this
+  is implemented.
 - `read(stream, after, limit)` returns stored events with seq > after, in order, at most `limit`.
 - `position(stream)` gives the epoch (changes only when the stream's history was lost), the first
   seq still kept (retention trims the oldest) and the head. An empty stream has head 0, first 1.
@@ -23,12 +29,28 @@ Backends are chosen by URL scheme and imported lazily: `memory://`, `sqlite:///p
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from agentwire.types import JSON, Append, Event, StreamPosition
 
 Listener = Callable[[Event], None]
+
+log = logging.getLogger("agentwire.journal")
+
+
+def pass_on(listener: Listener | None, events: Iterable[Event]) -> None:
+    """Hand stored events to the listener, one call each; what a call raises is logged and goes no
+    further, so neither the append that stored the event nor any later one is affected."""
+    if listener is None:
+        return
+    for event in events:
+        try:
+            listener(event)
+        except Exception:
+            log.exception("journal listener failed on %s #%d; subscribers re-read it from the journal",
+                          event.stream, event.seq)
 
 
 class Journal(Protocol):

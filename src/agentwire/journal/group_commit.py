@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from agentwire.types import Event
+from agentwire.types import Event, Unavailable
+
+log = logging.getLogger("agentwire.journal")
 
 T = TypeVar("T")
 Pending = list[tuple[T, "asyncio.Future[list[Event]]"]]
@@ -43,7 +46,15 @@ class GroupCommit(Generic[T]):
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending, []
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except Exception as exc:
+                    # `write` answers every future itself; a bug that escapes it must fail this
+                    # batch's callers, not end this task and leave every later append waiting.
+                    log.exception("journal write failed")
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(Unavailable(f"journal write failed: {exc}"))
             if self.closed:
                 return
 

@@ -5,7 +5,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agentwire.journal import Listener
+from agentwire.journal import Listener, pass_on
 from agentwire.journal.leases import LocalLeases
 from agentwire.types import JSON, Append, Event, StreamPosition
 
@@ -71,9 +71,7 @@ class MemoryJournal(LocalLeases):
             events.append(Event.build(seq, item.stream, item.type, item.data, turn=item.turn, lane=item.lane))
         for item, event in zip(items, events, strict=True):
             self._store(item, event)
-        if self._listener is not None:
-            for event in events:
-                self._listener(event)
+        pass_on(self._listener, events)
         return events
 
     def _kept(self, stream: _Stream) -> list[Event]:

@@ -22,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - redis[hiredis] installs it
     _c_pack = None  # type: ignore[assignment]
 
-from agentwire.journal import Listener
+from agentwire.journal import Listener, pass_on
 from agentwire.journal.group_commit import GroupCommit, Pending
 from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable, now_ms
 
@@ -292,11 +292,7 @@ class RedisJournal:
                 self._passed[event.stream] = event.seq
             elif not local:
                 continue  # unwatched since this XREAD was sent
-            if self._listener is not None:
-                try:
-                    self._listener(event)
-                except Exception:  # a listener bug must not stop the writer or the reader
-                    log.exception("journal listener failed on %s #%d", event.stream, event.seq)
+            pass_on(self._listener, (event,))
 
     # -- reading -----------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from agentwire.journal import Listener
+from agentwire.journal import Listener, pass_on
 from agentwire.journal.group_commit import GroupCommit, Pending
 from agentwire.journal.leases import LocalLeases
 from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable
@@ -138,9 +138,7 @@ class SqliteJournal(LocalLeases):
                     future.set_exception(Unavailable(f"journal write failed: {exc}"))
             return
         # Stored: only now may anyone see the events (the listener is the path to subscribers).
-        if self._listener is not None:
-            for event in events:
-                self._listener(event)
+        pass_on(self._listener, events)
         offset = 0
         for items, future in batch:
             if not future.done():

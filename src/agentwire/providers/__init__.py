@@ -9,6 +9,7 @@ subprocess). A failure the user should read is raised as `ProviderError(message)
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -17,8 +18,11 @@ from typing import Any, Protocol
 from agentwire.types import JSON, AgentwireError
 
 
-class ProviderError(Exception):
+class ProviderError(AgentwireError):
     """A turn failed for a reason to show the user (the provider's own message where it has one)."""
+
+    status = 502
+    code = "provider_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,12 @@ class TurnIO(Protocol):
     # lane, which has a context of its own, and before the session's first `remember`.
     resume: JSON
     cwd: str  # the directory an agent that runs tools works in (session option `cwd`, else the server's)
+    # The todo list as this lane last set it (items `{content, status, activeForm, id?}`), read from the
+    # journal: an agent that edits its list item by item (Claude Code's TaskUpdate) starts from it.
+    # [] on the quick lane, whose context is its own.
+    todo_list: list[JSON]
+    # Fields the provider adds to its turn's terminal event (e.g. `permission_denials`).
+    finish_data: JSON
 
     async def thinking(self, block: int, text: str) -> None: ...
 
@@ -92,8 +102,10 @@ class TurnIO(Protocol):
 
     async def text_done(self, block: int, text: str) -> None: ...
 
-    async def tool_call(self, call_id: str, name: str, input: JSON) -> None:
-        """A tool the agent runs itself (a CLI agent's own tools): shown, not executed here."""
+    async def tool_call(self, call_id: str, name: str, input: JSON, parent_call_id: str | None = None) -> None:
+        """A tool the agent runs itself (a CLI agent's own tools): shown, not executed here.
+        `parent_call_id`: the call this one was made under (a subagent's tool, under its Task/Agent
+        call); its `tool.call` and `tool.result` carry it."""
         ...
 
     async def tool_result(self, call_id: str, output: str, is_error: bool = False,
@@ -104,7 +116,7 @@ class TurnIO(Protocol):
         ...
 
     async def todos(self, todos: list[JSON]) -> None:
-        """`todo.updated` (a CLI agent's TodoWrite, which it ran itself)."""
+        """`todo.updated`: the whole list (a CLI agent's todo tool, which it ran itself)."""
         ...
 
     def llm_call(self) -> AbstractAsyncContextManager[None]:
@@ -135,42 +147,72 @@ class ProviderInfo:
     target: str  # "module:Class"
     key_env: str | None  # the SDK's usual environment variable for its key
     default_model: str
-    # "module:function": given the provider's name, says what is missing for it to run here (an agent
-    # CLI's binary or credentials), or None. Imported only when asked.
+    # Keeps its agent process between turns: the console hands one instance every main turn of a
+    # session (`console/agents.py`) and closes it after an idle time; it resumes from `io.resume`
+    # whenever its process is new.
+    live: bool = False
+    # The Python package it needs (pip's name), installed by agentwire's extra `extra` (default: the
+    # provider's name).
+    requires: str | None = None
+    extra: str | None = None
+    # "module:function(name, options) -> str | None": what is missing for it to run here with these
+    # options (its session's, with the server's settings for it: `Console._options`), e.g. an agent
+    # CLI's binary or credentials; None when nothing is. Imported only when asked.
     check: str | None = None
 
 
 PROVIDERS: dict[str, ProviderInfo] = {
     "scripted": ProviderInfo("agentwire.providers.scripted:ScriptedProvider", None, "scripted-1"),
     "cli": ProviderInfo("agentwire.providers.cli_agent:CliProvider", None, "cli"),
-    "anthropic": ProviderInfo("agentwire.providers.anthropic:AnthropicProvider", "ANTHROPIC_API_KEY",
-                              "claude-sonnet-4-6"),
-    "openai": ProviderInfo("agentwire.providers.openai:OpenAIProvider", "OPENAI_API_KEY", "gpt-4.1-mini"),
-    "gemini": ProviderInfo("agentwire.providers.gemini:GeminiProvider", "GEMINI_API_KEY", "gemini-2.5-flash"),
-    # Agent CLIs with the user's own configuration: "default" runs the model that configuration names.
+    # Agent CLIs with the user's own configuration and keys (no key check: Claude Code may be logged in
+    # to an account instead of using ANTHROPIC_API_KEY); "default" runs the model that configuration names.
+    "claude": ProviderInfo("agentwire.providers.claude:ClaudeProvider", None, "default", live=True,
+                           requires="claude-agent-sdk", check="agentwire.providers.agents:cli_missing"),
     "codex": ProviderInfo("agentwire.providers.codex:CodexProvider", None, "default",
-                          "agentwire.providers.agents:cli_missing"),
+                          check="agentwire.providers.agents:cli_missing"),
     "gemini-cli": ProviderInfo("agentwire.providers.gemini_cli:GeminiCliProvider", None, "default",
-                               "agentwire.providers.agents:cli_missing"),
+                               check="agentwire.providers.agents:cli_missing"),
+    "anthropic": ProviderInfo("agentwire.providers.anthropic:AnthropicProvider", "ANTHROPIC_API_KEY",
+                              "claude-sonnet-4-6", requires="anthropic", extra="providers"),
+    "openai": ProviderInfo("agentwire.providers.openai:OpenAIProvider", "OPENAI_API_KEY", "gpt-4.1-mini",
+                           requires="openai", extra="providers"),
+    "gemini": ProviderInfo("agentwire.providers.gemini:GeminiProvider", "GEMINI_API_KEY", "gemini-2.5-flash",
+                           requires="google-genai", extra="providers"),
 }
 
 
-def check_provider(name: str) -> ProviderInfo:
-    """Refuse, at session creation, a provider that is unknown or has no key (422 naming the variable)."""
+def check_provider(name: str, options: JSON | None = None) -> ProviderInfo:
+    """Refuse, at session creation, a provider that is unknown or cannot run here (422 naming what is
+    missing: the Python package, the key variable, the agent CLI's binary or credentials). `options`:
+    what it would be made with (`ProviderInfo.check`). `GET /api/agents` lists the same reasons."""
     info = PROVIDERS.get(name)
     if info is None:
         raise AgentwireError(
             f"unknown provider {name!r}; choose one of {', '.join(sorted(PROVIDERS))}",
             code="unknown_provider", status=422, field="provider",
         )
+    if info.requires is not None and package_version(info.requires) is None:
+        raise AgentwireError(
+            f"provider {name!r} needs the Python package {info.requires.replace('_', '-')}: "
+            f"pip install 'agentwire[{info.extra or name}]'", code="provider_unavailable", status=422,
+            field="provider",
+        )
     if info.key_env is not None and not _key_present(name, info.key_env):
         raise AgentwireError(
             f"provider {name!r} needs an API key: set {info.key_env}",
             code="missing_api_key", status=422, field="provider",
         )
-    if info.check is not None and (missing := _load(info.check)(name)):
-        raise AgentwireError(missing, code="agent_unavailable", status=422, field="provider")
+    if info.check is not None and (missing := _load(info.check)(name, options or {})):
+        raise AgentwireError(missing, code="provider_unavailable", status=422, field="provider")
     return info
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of a Python package (pip's name), or None when it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _load(target: str) -> Any:
@@ -186,7 +228,7 @@ def _key_present(name: str, key_env: str) -> bool:
 
 
 def make_provider(name: str, model: str | None, options: JSON) -> Provider:
-    info = check_provider(name)
+    info = check_provider(name, options)
     provider: Provider = _load(info.target)(model or info.default_model, options)
     return provider
 

@@ -1,17 +1,20 @@
-"""Which agents this server can run, and why not: `GET /api/agents` and the 422 at session creation.
+"""Which agents this server can run, and why not: `GET /api/agents` and the 422 at session creation
+(`check_provider`, with `cli_missing` as the agent CLIs' `ProviderInfo.check`).
 
-Agent CLIs (Codex, Gemini CLI) are found on PATH unless the server names a binary (`--codex-bin`,
-`--gemini-bin`, `configure`); they are available when the binary is found and the user's own
-configuration has credentials for it. Versions come from `<binary> --version`, cached per binary file
-and asked with a timeout, so a hanging CLI cannot hold up the listing. SDK providers are available
-when their key variable is set; their version is their SDK's.
+Agent CLIs (Claude Code, Codex, Gemini CLI) are found where the server's setting for them says
+(`--claude-bin`, `--codex-bin`, `--gemini-bin`, given to the provider in its options by
+`Console._options`), else Claude Code is the one claude-agent-sdk bundles and the others are looked
+up on PATH; they are available when the binary is found and the user's own configuration has
+credentials for it. Versions come from `<binary> --version`, cached per binary file and asked with a
+timeout, so a hanging CLI cannot hold up the listing. SDK providers are available when their key
+variable is set; their version is their SDK's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.metadata
+import importlib.util
 import os
 import re
 import shutil
@@ -29,11 +32,14 @@ _VERSION = re.compile(r"\d+\.\d+[\w.+-]*")
 @dataclass(frozen=True, slots=True)
 class AgentCli:
     label: str
-    binary: str  # looked up on PATH unless configured
-    flag: str  # the server flag that names another binary
+    binary: str  # looked up on PATH unless the server names another (or `bundled` has one)
+    option: str  # the provider option the server's setting for another binary arrives in
+    flag: str  # that setting's flag
     env: str  # …and its environment twin
     credentials: Callable[[], str | None]  # None when credentials are there, else what is missing
     version_env: tuple[tuple[str, str], ...] = ()
+    bundled: Callable[[], str | None] | None = None  # the copy a Python package brings, if it has one
+    approval: bool = False  # honours the session option `approval`
 
 
 def codex_home() -> Path:
@@ -79,47 +85,60 @@ def gemini_credentials() -> str | None:
     return "gemini-cli needs an API key: set GEMINI_API_KEY (or sign in by running `gemini` once)"
 
 
+def claude_bundled() -> str | None:
+    """The Claude Code CLI claude-agent-sdk runs unless told another: the copy it bundles (the SDK's
+    own lookup, `_bundled/claude` beside its package), if the package is installed."""
+    spec = importlib.util.find_spec("claude_agent_sdk")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "_bundled" / "claude"
+    return str(path) if path.is_file() else None
+
+
 CLIS: dict[str, AgentCli] = {
-    "codex": AgentCli("Codex CLI", "codex", "--codex-bin", "AGENTWIRE_CODEX_BIN", codex_credentials),
+    # Claude Code signs in to an account or takes ANTHROPIC_API_KEY: not checked (it says so itself).
+    "claude": AgentCli("Claude Code", "claude", "claude_bin", "--claude-bin", "AGENTWIRE_CLAUDE_BIN",
+                       lambda: None, bundled=claude_bundled),
+    "codex": AgentCli("Codex CLI", "codex", "codex_bin", "--codex-bin", "AGENTWIRE_CODEX_BIN", codex_credentials,
+                      approval=True),
     # Without NO_RELAUNCH, Gemini CLI starts a second copy of itself just to print its version.
-    "gemini-cli": AgentCli("Gemini CLI", "gemini", "--gemini-bin", "AGENTWIRE_GEMINI_BIN", gemini_credentials,
-                           (("GEMINI_CLI_NO_RELAUNCH", "1"),)),
+    "gemini-cli": AgentCli("Gemini CLI", "gemini", "gemini_bin", "--gemini-bin", "AGENTWIRE_GEMINI_BIN",
+                           gemini_credentials, (("GEMINI_CLI_NO_RELAUNCH", "1"),), approval=True),
 }
 LABELS = {"scripted": "Scripted demo agent", "cli": "Stream-json CLI command", "anthropic": "Anthropic API",
           "openai": "OpenAI API", "gemini": "Gemini API"}
-SDK_PACKAGES = {"anthropic": "anthropic", "openai": "openai", "gemini": "google-genai"}
 
-_binaries: dict[str, str] = {}
 _versions: dict[tuple[str, float], str | None] = {}
 
 
-def configure(binaries: dict[str, str | None]) -> None:
-    """The binaries the server was told to use (`--codex-bin`, `--gemini-bin`); None or "" means PATH."""
-    _binaries.clear()
-    _binaries.update({name: path for name, path in binaries.items() if path})
+def _named(name: str, options: JSON) -> str | None:
+    """The binary the server's setting names for provider `name` (in its options), if any."""
+    named = options.get(CLIS[name].option)
+    return named if isinstance(named, str) and named else None
 
 
-def binary(name: str) -> str:
-    return _binaries.get(name) or CLIS[name].binary
+def find(name: str, options: JSON) -> str | None:
+    """The full path of the CLI for provider `name` with these options, or None when there is none."""
+    named = _named(name, options)
+    if named is not None:
+        return shutil.which(named)
+    bundled = CLIS[name].bundled
+    return (bundled() if bundled is not None else None) or shutil.which(CLIS[name].binary)
 
 
-def find(name: str) -> str | None:
-    """The full path of the CLI for provider `name`, or None when there is none."""
-    return shutil.which(binary(name))
-
-
-def cli_missing(name: str) -> str | None:
-    """Why provider `name` (an agent CLI) cannot run here, or None."""
+def cli_missing(name: str, options: JSON) -> str | None:
+    """Why provider `name` (an agent CLI) cannot run here with these options, or None."""
     cli = CLIS[name]
-    if find(name) is None:
-        where = f"{binary(name)!r} is not an executable" if name in _binaries else f"{cli.binary!r} is not on PATH"
+    if find(name, options) is None:
+        named = _named(name, options)
+        where = f"{named!r} is not an executable" if named else f"{cli.binary!r} is not on PATH"
         return f"{name}: {where}; install {cli.label} or point {cli.flag} / {cli.env} at it"
     return cli.credentials()
 
 
-async def version(name: str) -> str | None:
+async def version(name: str, options: JSON) -> str | None:
     """`<binary> --version` of the CLI for provider `name`, cached per binary file (path, mtime)."""
-    path = find(name)
+    path = find(name, options)
     if path is None:
         return None
     try:
@@ -149,32 +168,24 @@ async def _ask_version(path: str, env: dict[str, str]) -> str | None:
     return found.group(0) if found else None
 
 
-def _package_version(package: str) -> str | None:
+async def describe(name: str, options: JSON, cli_command: list[str]) -> JSON:
+    """One entry of `GET /api/agents`: {name, label, version, available, reason, approval}. `options`:
+    the server's settings for the provider (`Console.settings`)."""
+    from agentwire.providers import PROVIDERS, check_provider, package_version
+
+    cli, requires = CLIS.get(name), PROVIDERS[name].requires
+    entry: JSON = {"name": name, "label": cli.label if cli else LABELS.get(name, name), "version": None,
+                   "available": True, "reason": None, "approval": bool(cli and cli.approval)}
     try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-async def describe(name: str, cli_command: list[str]) -> JSON:
-    """One entry of `GET /api/agents`: {name, label, version, available, reason, approval}."""
-    from agentwire.providers import check_provider
-
-    entry: JSON = {"name": name, "label": LABELS.get(name, name), "version": None, "available": True,
-                   "reason": None, "approval": name in CLIS}
-    try:
-        check_provider(name)
+        check_provider(name, options)
     except AgentwireError as exc:
         entry["reason"] = exc.message
-    if name in CLIS:
-        entry["label"] = CLIS[name].label
-        entry["version"] = await version(name)
-    elif name in SDK_PACKAGES:
-        entry["version"] = _package_version(SDK_PACKAGES[name])
-        if entry["version"] is None:
-            entry["reason"] = f"{name}: the {SDK_PACKAGES[name]} package is not installed"
+    if cli is not None:  # the CLI's own version (for Claude Code: the one the SDK bundles, unless named)
+        entry["version"] = await version(name, options)
+    elif requires is not None:
+        entry["version"] = package_version(requires)
     elif name == "scripted":
-        entry["version"] = _package_version("agentwire")
+        entry["version"] = package_version("agentwire")
     elif name == "cli" and cli_command and shutil.which(cli_command[0]) is None:
         entry["reason"] = entry["reason"] or f"cli: {cli_command[0]!r} (the server's --cli-command) is not on PATH"
     entry["available"] = entry["reason"] is None

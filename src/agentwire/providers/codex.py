@@ -91,6 +91,7 @@ class CodexMapping(LineMapping):
         kind = line["type"]
         self.lines += 1
         if kind == "thread.started":
+            self.started = True
             await self.io.remember({**self.record, "resume_id": as_text(line.get("thread_id"))})
         elif kind == "turn.started":
             await self.say.model_waiting()

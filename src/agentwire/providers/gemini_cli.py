@@ -66,12 +66,12 @@ class GeminiCliProvider(CliAgentProvider):
 
     @contextlib.contextmanager
     def environment(self, io: TurnIO) -> Iterator[dict[str, str]]:
-        env = {**os.environ, "GEMINI_CLI_NO_RELAUNCH": "1"}
+        env = {"GEMINI_CLI_NO_RELAUNCH": "1"}
         server = agent_mcp.board_server(io)
         if server is None:
             yield env
-        else:
-            with agent_mcp.gemini_settings(server, env) as with_server:
+        else:  # the settings file goes on top of the system defaults the server's environment names
+            with agent_mcp.gemini_settings(server, {**os.environ, **env}) as with_server:
                 yield with_server
 
 
@@ -84,6 +84,7 @@ class GeminiMapping(LineMapping):
         kind = line["type"]
         self.lines += 1
         if kind == "init":
+            self.started = True
             await self.io.remember({**self.record, "model": as_text(line.get("model")) or None,
                                     "resume_id": as_text(line.get("session_id"))})
             await self.say.model_waiting()

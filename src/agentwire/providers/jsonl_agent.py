@@ -1,24 +1,26 @@
-"""What the coding-agent CLIs that print one JSON object per line share (Codex `exec --json`, Gemini
-CLI `--output-format stream-json`): one child process per turn, its lines, its end, and the turn's
-bookkeeping. Each CLI's own module says how to start it (`command`, `environment`) and how its lines
-map onto our events (a `Mapping`).
+"""What the agent CLIs that print one JSON object per line share: the `cli` provider's stream-json
+command, Codex (`exec --json`) and Gemini CLI (`--output-format stream-json`). Each turn is one child
+(`process.AgentProcess`) that `follow` reads to the turn's end; a `Mapping` turns its lines into our
+events (`stream_json.StreamJsonTurn` for the `cli` provider, a `LineMapping` for Codex and Gemini CLI,
+which also share their provider base, `CliAgentProvider`). Each CLI's own module says how to start it
+and how its lines map.
 
-The turn, as `run_turn` drives it:
+A turn, as `follow` drives it:
 
-- the child starts with a fresh process tag in its environment (`process.tagged_env`), its prompt
-  on stdin, in the session's working directory;
 - every stdout line that is a JSON object with a string `type` goes to the mapping; other lines are
   skipped and counted (`malformed_lines` in the usage), stderr keeps its last lines for errors;
-- the mapping's final line (`Mapping.finished`) ends the turn: its error, if it has one, fails the
-  turn once with the CLI's own message; then the child gets a few seconds to exit by itself;
+- the mapping's final line (`Mapping.finished`) ends the turn: `end()` closes what is open, and the
+  CLI's own error, if it reported one, fails the turn once; then the child gets a few seconds to exit
+  by itself (what it prints meanwhile is read and dropped, so a full pipe cannot hold it up);
 - a child that ends without its final line fails the turn with its exit status, the last error line
-  it printed and its stderr tail — unless the turn was cancelled, which the runtime reports as
-  `turn.cancelled` (a cancelled CLI exits without its final line);
-- cancel, failure, crash or server shutdown: every process carrying the tag is stopped (SIGTERM, then
-  SIGKILL), so nothing the agent started (a `sleep` in a shell tool) outlives the turn.
+  it printed or the lines that were not events, and its stderr tail — unless the turn was cancelled,
+  which the runtime reports as `turn.cancelled` (a cancelled CLI exits without its final line);
+- however the turn ends (done, failed, cancelled, the server shutting down), the child and every
+  process carrying its tag are stopped (`AgentProcess.stop`), so nothing the agent started (a `sleep`
+  in a shell tool) outlives the turn.
 
-A resumed run that prints nothing at all before it ends raises `NotResumed`: the CLI no longer knows
-the session (its files were removed, another machine), and the provider starts a fresh one.
+A resumed run that fails before the CLI has started its session raises `NotResumed`: the CLI no longer
+knows the session (its files were removed, another machine), and the provider starts a fresh one.
 """
 
 from __future__ import annotations
@@ -26,40 +28,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
 from typing import Protocol
 
 import orjson
 
 from agentwire.providers import ProviderError, TurnIO, agents
-from agentwire.providers._llm import BlockKind, Blocks
-from agentwire.providers.process import exit_status, keep_tail, new_tag, stop_tagged, tagged_env
+from agentwire.providers._llm import BlockKind, Blocks, ModelWait
+from agentwire.providers.process import AgentProcess
 from agentwire.types import JSON
 
 log = logging.getLogger("agentwire.providers.jsonl")
 
-LINE_LIMIT = 16 * 1024 * 1024  # one stdout line (a big command output fits)
-STDERR_LINES = 20
-STOP_GRACE = 1.5  # seconds between SIGTERM and SIGKILL
 AFTER_FINAL = 5.0  # seconds the CLI may take to exit after its final line
 AFTER_EOF = 10.0  # seconds it may take to exit after closing its stdout without one
 WARNINGS_KEPT = 10
 
 
 class NotResumed(ProviderError):
-    """A resumed run ended before printing anything: the CLI does not know that session any more."""
+    """A resumed run failed before its session started: the CLI does not know that session any more."""
 
 
 class Mapping(Protocol):
     """Turns one CLI's JSON lines into `TurnIO` calls."""
 
-    finished: bool  # its final line was seen
-    error: str | None  # the turn's failure as the CLI reported it (set with `finished`, or on its own)
-    lines: int  # lines it understood
+    @property
+    def finished(self) -> bool:
+        """Its final line was seen."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """The turn's failure as the CLI reported it (set with `finished`, or on its own)."""
+        ...
+
+    @property
+    def started(self) -> bool:
+        """The CLI has started (or resumed) its session."""
+        ...
+
+    @property
+    def lines(self) -> int:
+        """Lines it understood."""
+        ...
 
     async def handle(self, line: JSON) -> None: ...
 
@@ -68,126 +78,29 @@ class Mapping(Protocol):
         ...
 
 
-class AgentProcess:
-    """One CLI run: the child, its tag, its stdout as JSON objects and the tail of its stderr."""
-
-    def __init__(self, label: str, proc: asyncio.subprocess.Process, tag: str) -> None:
-        self.label = label
-        self.proc = proc
-        self.tag = tag
-        self.skipped: list[str] = []  # stdout lines that were not JSON objects (first few kept)
-        self.skipped_count = 0
-        self.stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
-        self._stderr = asyncio.create_task(self._drain_stderr(), name=f"{label} stderr {proc.pid}")
-
-    @classmethod
-    async def start(cls, label: str, args: list[str], *, cwd: str, env: dict[str, str],
-                    prompt: str) -> AgentProcess:
-        tag = new_tag()
-        try:
-            # A session of its own: a Ctrl-C meant for the server must not reach it; stopping goes by tag.
-            proc = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, cwd=cwd, env=tagged_env(tag, env), limit=LINE_LIMIT,
-                start_new_session=True)
-        except OSError as exc:
-            raise ProviderError(f"cannot start {label}: {args[0]}: {exc.strerror or exc}") from exc
-        log.debug("started %s pid %s: %s", label, proc.pid, args)
-        child = cls(label, proc, tag)
-        child._feed(prompt)
-        return child
-
-    def _feed(self, prompt: str) -> None:
-        stdin = self.proc.stdin
-        assert stdin is not None
-        try:  # the pipe takes what it can now; asyncio writes the rest as the child reads
-            stdin.write(prompt.encode())
-            stdin.write_eof()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the child is gone already: its exit status and stderr tell why
-
-    def lines(self) -> AsyncIterator[JSON]:
-        assert self.proc.stdout is not None
-        return json_events(self.proc.stdout, self._skip)
-
-    def _skip(self, line: str) -> None:
-        self.skipped_count += 1
-        if len(self.skipped) < 3:
-            self.skipped.append(line[:200])
-        log.debug("%s %s: skipped a line that is not a JSON event: %.200s", self.label, self.proc.pid, line)
-
-    async def _drain_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        await keep_tail(self.proc.stderr, self.stderr_tail)
-
-    async def exited(self, timeout: float) -> bool:
-        """Wait for the child itself to exit. Polled: before Python 3.12 `Process.wait()` also waits for
-        its pipes to close, which a grandchild that outlives it may never do."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.proc.returncode is None and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        if self.proc.returncode is not None:
-            with contextlib.suppress(TimeoutError):  # let the stderr reader catch the last lines
-                await asyncio.wait_for(asyncio.shield(self._stderr), 0.5)
-        return self.proc.returncode is not None
-
-    async def stop(self) -> None:
-        """Stop the child and everything that carries its tag; reap it. Safe to call twice."""
-        await stop_tagged(self.tag, grace=STOP_GRACE, first=signal.SIGTERM)
-        if self.proc.returncode is None:  # not found by its tag (it changed its environment): by pid
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        await self.exited(10)
-
-    def close(self) -> None:
-        self._stderr.cancel()
-
-    def failure(self, what: str) -> str:
-        message = f"{self.label} {exit_status(self.proc.returncode)} {what}"
-        if self.stderr_tail:
-            message += "; stderr: " + " | ".join(list(self.stderr_tail)[-5:])
-        return message
+async def run_turn(io: TurnIO, mapping: Mapping, args: list[str], *, label: str,
+                   env: dict[str, str] | None = None, resuming: bool = False) -> None:
+    """One CLI run for one turn: the child started in the turn's working directory (`env` added to
+    ours), the prompt on its stdin, followed to its end."""
+    child = await AgentProcess.start(args, io.cwd, label=label, env=env)
+    child.send(io.message)
+    await follow(io, child, mapping, resuming=resuming)
 
 
-async def json_events(stream: asyncio.StreamReader, skip: Callable[[str], None]) -> AsyncIterator[JSON]:
-    """The JSON objects with a string `type` a child prints, one per line; every other line goes to `skip`."""
-    while True:
-        try:
-            raw = await stream.readline()
-        except ValueError:
-            skip(f"<a line over {LINE_LIMIT} bytes>")
-            continue
-        if not raw:
-            return
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict) and isinstance(obj.get("type"), str):
-            yield obj
-        else:
-            skip(line.decode(errors="replace"))
-
-
-async def run_turn(io: TurnIO, label: str, args: list[str], env: dict[str, str], mapping: Mapping, *,
-                   resuming: bool) -> None:
-    """Run one CLI turn to its end (see the module docstring)."""
-    child = await AgentProcess.start(label, args, cwd=io.cwd, env=env, prompt=io.message)
+async def follow(io: TurnIO, child: AgentProcess, mapping: Mapping, *, resuming: bool) -> None:
+    """Read a child that has its prompt to the end of the turn (see the module docstring)."""
     try:
-        await _follow(io, child, mapping, resuming)
-    except BaseException:
-        await asyncio.shield(child.stop())
+        await _read(io, child, mapping)
+    except ProviderError as exc:
+        if resuming and not mapping.started and not isinstance(exc, NotResumed):
+            raise NotResumed(str(exc)) from exc
         raise
     finally:
-        child.close()
+        await child.stop()
 
 
-async def _follow(io: TurnIO, child: AgentProcess, mapping: Mapping, resuming: bool) -> None:
-    async for line in child.lines():
+async def _read(io: TurnIO, child: AgentProcess, mapping: Mapping) -> None:
+    async for line in child.events():
         await mapping.handle(line)
         if mapping.finished:
             break
@@ -197,19 +110,36 @@ async def _follow(io: TurnIO, child: AgentProcess, mapping: Mapping, resuming: b
     if mapping.finished:
         if mapping.error:
             raise ProviderError(mapping.error)
-        if not await child.exited(AFTER_FINAL):
-            log.info("%s %s did not exit after its final line; stopping it", child.label, child.proc.pid)
-            await child.stop()
+        try:
+            async with asyncio.timeout(AFTER_FINAL):
+                await _drain(child)
+        except TimeoutError:
+            log.info("%s %s did not exit after its final line; stopping it", child.label, child.pid)
         return
-    await child.exited(AFTER_EOF)
-    if resuming and mapping.lines == 0 and not child.skipped_count:
-        raise NotResumed(child.failure("while resuming its session"))
+    if not await child.exited(AFTER_EOF):
+        await child.stop()
+        raise ProviderError(child.failure("after closing its output without finishing the turn"))
     what = "before finishing the turn"
     if mapping.error:
         what += f" (its last error: {mapping.error})"
     elif child.skipped_count:
-        what += f"; {child.skipped_count} line(s) were not JSON events, the first: {child.skipped[0][:120]!r}"
+        what += f"; {child.skipped_count} malformed output line(s) skipped, first: {child.skipped[0][:120]!r}"
+    elif mapping.lines == 0:
+        what += "; it printed no JSON events"
     raise ProviderError(child.failure(what))
+
+
+async def _drain(child: AgentProcess) -> None:
+    """Read what the child prints after its final line (not ours) until it exits."""
+    stdout = child.proc.stdout
+    assert stdout is not None
+    while True:
+        try:
+            if not await stdout.readline():
+                break
+        except ValueError:  # a line over the limit
+            continue
+    await child.exited(AFTER_FINAL)
 
 
 class CliAgentProvider:
@@ -221,7 +151,10 @@ class CliAgentProvider:
     default_model = "default"  # the model the user's own CLI configuration picks
 
     def __init__(self, model: str, options: JSON) -> None:
+        """`options`: the session's, with the server's settings for it (`Console._options`: the binary
+        named by `--codex-bin` / `--gemini-bin`)."""
         self.model = model
+        self.options = dict(options)
         self.approval = str(options.get("approval") or "read-only")
 
     @property
@@ -245,13 +178,14 @@ class CliAgentProvider:
             await self._turn(io, None)
 
     async def _turn(self, io: TurnIO, resume: str | None) -> None:
-        path = agents.find(self.name)
-        if path is None:
-            raise ProviderError(agents.cli_missing(self.name) or f"{self.name}: not found")
-        record: JSON = {"name": self.name, "label": self.label, "version": await agents.version(self.name),
+        path = agents.find(self.name, self.options)
+        if path is None:  # it was there when the session was created
+            raise ProviderError(agents.cli_missing(self.name, self.options) or f"{self.name}: not found")
+        record: JSON = {"name": self.name, "label": self.label,
+                        "version": await agents.version(self.name, self.options),
                         "model": self.shown_model(), "cwd": io.cwd, "approval": self.approval}
         with self.environment(io) as env:
-            await run_turn(io, self.name, self.command(path, io, resume), env, self.mapping(io, record),
+            await run_turn(io, self.mapping(io, record), self.command(path, io, resume), label=self.name, env=env,
                            resuming=resume is not None)
 
     def command(self, path: str, io: TurnIO, resume: str | None) -> list[str]:
@@ -261,7 +195,8 @@ class CliAgentProvider:
         raise NotImplementedError
 
     def environment(self, io: TurnIO) -> contextlib.AbstractContextManager[dict[str, str]]:
-        return contextlib.nullcontext(dict(os.environ))
+        """What the CLI's environment adds to the server's, for the length of the run."""
+        return contextlib.nullcontext({})
 
 
 class LineMapping:
@@ -273,6 +208,7 @@ class LineMapping:
         self.say = Narration(io)
         self.finished = False
         self.error: str | None = None
+        self.started = False  # set by the CLI's first line, which names its session
         self.lines = 0
 
     async def end(self) -> None:
@@ -294,7 +230,7 @@ class Narration:
         self.blocks = Blocks(io)
         self.tools: dict[str, str] = {}  # call id → name, while running
         self.shown: set[str] = set()  # every call id shown
-        self._llm: AsyncExitStack | None = None
+        self._model = ModelWait(io)
 
     async def delta(self, kind: BlockKind, text: str) -> None:
         """Text that streams: into the open block of its kind."""
@@ -326,15 +262,10 @@ class Narration:
             await self.model_waiting()
 
     async def model_waiting(self) -> None:
-        if self._llm is None:
-            stack = AsyncExitStack()
-            await stack.enter_async_context(self.io.llm_call())
-            self._llm = stack
+        await self._model.begin()
 
     async def model_done(self) -> None:
-        stack, self._llm = self._llm, None
-        if stack is not None:
-            await stack.aclose()
+        await self._model.end()
 
     async def finish(self) -> None:
         await self.blocks.close_all()

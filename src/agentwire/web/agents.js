@@ -1,6 +1,6 @@
 // Agents: what the new-session form offers (`GET /api/agents`: the agents this server can run, with
-// why not for the others) and the header's line about the agent a session runs (its `agent.info`:
-// label, version, model, working directory and what it may do).
+// why not for the others) and the header's badge saying what a session's agent may do (its
+// `agent.info`'s approval).
 
 import * as api from './api.js';
 import { clear, h } from './dom.js';
@@ -27,14 +27,9 @@ export function takesApproval(listing, name) {
   return Boolean(listing.agents.find((agent) => agent.name === chosen && agent.approval));
 }
 
-// The header's agent line and approval badge, from the session's agent record ({} when none yet).
-export function showAgent(line, badge, agent) {
-  const parts = [
-    [agent.label || agent.name, agent.version].filter(Boolean).join(' '),
-    agent.model, agent.cwd,
-  ].filter(Boolean);
-  line.textContent = parts.join(' · ');
-  line.title = agent.resume_id ? `session ${agent.resume_id}` : '';
+// The header's approval badge, from the session's agent record ({} when none yet): what the agent may
+// do, beside the agent line (`ConsoleView.agentLine`).
+export function showApproval(badge, agent) {
   const approval = APPROVAL[agent.approval];
   badge.hidden = !approval;
   badge.textContent = approval ? approval.label : '';

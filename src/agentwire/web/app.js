@@ -1,11 +1,12 @@
 // Wiring: the connection manager, the sessions list, the console, the board, the status indicator.
 
-import { fillAgentChoices, showAgent, takesApproval } from './agents.js';
+import { fillAgentChoices, showApproval, takesApproval } from './agents.js';
 import * as api from './api.js';
 import { BoardView } from './board.js';
 import { ConsoleView } from './console.js';
 import { $, clear, h } from './dom.js';
 import { chosenTransport, describeStatus, Net } from './net.js';
+import { retry } from './retry.js';
 
 const metrics = {};
 const net = new Net({ transport: chosenTransport() });
@@ -140,7 +141,9 @@ function updateHeader() {
   els.sessionName.textContent = name;
   els.sessionModel.textContent = [info.provider || (running && running.provider), info.model || (running && running.model)]
     .filter(Boolean).join(' · ');
-  showAgent(els.sessionAgent, els.sessionApproval, consoleView.fold.agent);
+  els.sessionAgent.textContent = consoleView.agentLine;
+  els.sessionAgent.title = consoleView.fold.agent.resume_id ? `session ${consoleView.fold.agent.resume_id}` : '';
+  showApproval(els.sessionApproval, consoleView.fold.agent);
   const state = consoleView.fold.state.agent_state || 'idle';
   els.agentState.textContent = consoleView.agentState;
   els.agentState.dataset.state = state;
@@ -324,10 +327,11 @@ setInterval(() => {
 window.__aw = { net, console: consoleView, board, metrics };
 
 (async () => {
-  for (let attempt = 0; attempt < 3 && !sessions.length; attempt += 1) {
+  // A server just started may list no session yet: look three times before making one.
+  await retry(async () => {
     await refreshSessions();
-    if (!sessions.length) await new Promise((resolve) => setTimeout(resolve, 300));
-  }
+    if (!sessions.length) throw new Error('no sessions yet');
+  }, { tries: 3 }).catch(() => {});
   await route();
   board.start();
   net.start();

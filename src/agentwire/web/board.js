@@ -4,13 +4,16 @@
 
 import * as api from './api.js';
 import { clear, fmtDate, h, timingView } from './dom.js';
+import { retry } from './retry.js';
 
 const STATUSES = ['pending', 'in_progress', 'completed', 'failed', 'cancelled'];
 const STATUS_LABELS = {
   pending: 'Pending', in_progress: 'In progress', completed: 'Completed', failed: 'Failed', cancelled: 'Cancelled',
 };
-// Inside the frame: no scripts, no fetches, no frames, inline styles and images only.
-const FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; font-src data:";
+// Inside the frame: no scripts, no fetches, no frames, inline styles, and only images the output
+// carries itself (data: URLs). A remote image would tell its server who read the card and when (a
+// tracking pixel), so none loads; the page's own CSP, which the frame inherits, says the same.
+const FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:";
 const FRAME_STYLE = `html{color-scheme:dark}body{margin:0;padding:12px;background:#15171c;color:#e0e0e0;
 font:14px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;overflow-wrap:anywhere}a{color:#61afef}
 pre{white-space:pre-wrap}img{max-width:100%}table{max-width:100%}`;
@@ -42,19 +45,12 @@ export class BoardView extends EventTarget {
   async start() {
     if (this.sub || this.loading) return;
     this.loading = true;
-    for (let attempt = 0; ; attempt += 1) {
-      try {
-        const head = await this.loadSnapshot();
-        this.sub = this.net.subscribe({
-          stream: 'tasks', path: '/api/stream/tasks', from: head + 1,
-          onEvent: (envelope) => this.onEvent(envelope),
-          onReset: () => this.reload(),
-        });
-        break;
-      } catch (error) {
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** attempt)));
-      }
-    }
+    const head = await retry(() => this.loadSnapshot());
+    this.sub = this.net.subscribe({
+      stream: 'tasks', path: '/api/stream/tasks', from: head + 1,
+      onEvent: (envelope) => this.onEvent(envelope),
+      onReset: () => this.reload(),
+    });
     this.loading = false;
   }
 
@@ -71,17 +67,10 @@ export class BoardView extends EventTarget {
 
   async reload() {
     this.held = this.held || [];
-    for (let attempt = 0; ; attempt += 1) {
-      try {
-        const head = await this.loadSnapshot();
-        const held = this.held;
-        this.held = null;
-        for (const envelope of held) if (envelope.seq > head) this.onEvent(envelope);
-        return;
-      } catch {
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** attempt)));
-      }
-    }
+    const head = await retry(() => this.loadSnapshot());
+    const held = this.held;
+    this.held = null;
+    for (const envelope of held) if (envelope.seq > head) this.onEvent(envelope);
   }
 
   onEvent(envelope) {

@@ -5,12 +5,14 @@
 import * as api from './api.js';
 import { clear, h, timingView } from './dom.js';
 import { renderMarkdown } from './markdown.js';
+import { retry } from './retry.js';
 import { Transcript } from './transcript.js';
 
 const STATE_LABELS = {
   idle: 'idle', starting: 'starting', waiting_for_model: 'waiting for model', thinking: 'thinking',
-  writing: 'writing', running_tool: 'running tool', working: 'working',
+  writing: 'writing', running_tool: 'running tool', working: 'working', rate_limited: 'rate limited',
 };
+const AGENT_NAMES = { 'claude-code': 'Claude Code' };
 
 export class ConsoleView extends EventTarget {
   constructor({ net, lanes, onToast, metrics }) {
@@ -90,22 +92,16 @@ export class ConsoleView extends EventTarget {
   async reload(info) {
     const session = this.session;
     this.buffer = this.buffer || [];
-    for (let attempt = 0; session === this.session; attempt += 1) {
-      try {
-        const snapshot = await api.get(api.sessionPath(session, '/messages'));
-        if (session !== this.session) return;
-        const held = this.buffer;
-        this.buffer = null;
-        this.reset(Transcript.fromSnapshot(snapshot));
-        for (const envelope of held) this.onEvent(envelope);
-        this.metrics.resets = (this.metrics.resets || 0) + 1;
-        this.metrics.lastReset = info && info.reason;
-        this.emitChange();
-        return;
-      } catch (error) {
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** attempt)));
-      }
-    }
+    const snapshot = await retry(() => api.get(api.sessionPath(session, '/messages')),
+      { wanted: () => session === this.session });
+    if (session !== this.session) return;
+    const held = this.buffer;
+    this.buffer = null;
+    this.reset(Transcript.fromSnapshot(snapshot));
+    for (const envelope of held) this.onEvent(envelope);
+    this.metrics.resets = (this.metrics.resets || 0) + 1;
+    this.metrics.lastReset = info && info.reason;
+    this.emitChange();
   }
 
   // events
@@ -140,7 +136,19 @@ export class ConsoleView extends EventTarget {
     const state = this.fold.state || {};
     const label = STATE_LABELS[state.agent_state] || state.agent_state || 'idle';
     const tools = (state.outstanding_tool_calls || []).map((t) => t.name).filter(Boolean);
+    if (state.agent_state === 'rate_limited' && typeof state.retry_in_ms === 'number') {
+      return `${label}, retrying in ${(state.retry_in_ms / 1000).toFixed(1)} s`;
+    }
     return tools.length && state.agent_state === 'running_tool' ? `running ${tools.join(', ')}` : label;
+  }
+
+  // What runs the session's turns, from its main lane's latest agent.info: "Claude Code 2.1.3 · model ·
+  // cwd". The CLI agents' records carry their label; Claude Code's is named here.
+  get agentLine() {
+    const agent = this.fold.agent || {};
+    if (!agent.name) return '';
+    const name = [agent.label || AGENT_NAMES[agent.name] || agent.name, agent.version].filter(Boolean).join(' ');
+    return [name, agent.model, agent.cwd].filter(Boolean).join(' · ');
   }
 
   // rendering
@@ -177,7 +185,7 @@ export class ConsoleView extends EventTarget {
       turn.body.append(el);
     } else if (entry.kind === 'tool') {
       el = h('details', { class: 'tool' });
-      turn.body.append(el);
+      this.toolParent(entry, turn).append(el);
     } else if (entry.kind === 'todos') {
       el = h('div', { class: 'todos', role: 'group', 'aria-label': 'Progress' });
       turn.body.append(el);
@@ -189,6 +197,19 @@ export class ConsoleView extends EventTarget {
     const view = { el };
     this.views.set(entry, view);
     this.paint(entry, view, live ? undefined : null);
+  }
+
+  // A subagent's call goes under the call that started the subagent (its Task/Agent card), in a box
+  // after that card, so that repainting the card keeps it.
+  toolParent(entry, turn) {
+    const parent = entry.parent_call_id && this.fold.tools.get(String(entry.parent_call_id));
+    const view = parent && this.views.get(parent);
+    if (!view) return turn.body;
+    if (!view.children) {
+      view.children = h('div', { class: 'tool-children', 'data-parent': entry.parent_call_id });
+      view.el.after(view.children);
+    }
+    return view.children;
   }
 
   updated(entry, delta) {
@@ -363,5 +384,9 @@ function paintEnd(el, entry) {
   if (usage.output_tokens) extra.push(h('span', { class: 't-tokens' }, `${usage.input_tokens || 0} in / ${usage.output_tokens} out tokens`));
   const status = kind === 'completed' ? null
     : h('div', { class: 'end-status' }, kind === 'failed' ? `✗ Failed: ${entry.error || 'error'}` : `⊘ Cancelled: ${entry.reason || 'cancelled'}`);
-  clear(el).append(status || '', entry.timing ? timingView(entry.timing, extra) : '');
+  const denied = (entry.permission_denials || []).map((d) => h('li', {},
+    h('span', { class: 'tool-name' }, d.tool || 'tool'), ' ', h('span', { class: 'tool-brief' }, brief(d.input))));
+  const denials = denied.length
+    ? h('div', { class: 'end-denials' }, h('div', { class: 'label' }, 'Not permitted'), h('ul', {}, denied)) : null;
+  clear(el).append(status || '', denials || '', entry.timing ? timingView(entry.timing, extra) : '');
 }

@@ -1,178 +1,29 @@
-// A small, safe Markdown renderer for agent text. It never parses HTML: every character of the
-// source ends up in a text node (so `<script>` shows as text), and the only elements it makes are
-// headings, paragraphs, emphasis, code, lists, quotes, rules, tables and links. A link keeps its
-// href only for http(s) URLs; anything else (javascript:, data:, relative) stays plain text.
+// Markdown for agent text, parsed by markdown-it (vendored: `make vendor`) and built into elements
+// with `h()`. Nothing the agent wrote is ever parsed as HTML: markdown-it runs with `html: false`
+// (so `<script>` stays text), and this file turns its token stream into DOM nodes itself, never
+// through its HTML renderer. A link keeps its href only for absolute http(s) URLs; any other link
+// (javascript:, data:, relative) is not made, and what was written shows as text.
 
 import { h } from './dom.js';
+import MarkdownIt from './vendor/markdown-it.js';
 
-const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)[^`]*$/;
-const HEADING = /^ {0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$/;
-const RULE = /^ {0,3}([-*_])(?:\s*\1){2,}\s*$/;
-const QUOTE = /^ {0,3}>\s?(.*)$/;
-const ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
-const TABLE_SEP = /^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$/;
+const md = new MarkdownIt({ html: false, linkify: true, breaks: true, typographer: false });
+// Bare links only with a scheme: `app.py` and `notes.md` are file names, not web sites.
+md.linkify.set({ fuzzyLink: false, fuzzyEmail: false, fuzzyIP: false });
+md.validateLink = (url) => safeUrl(url) !== null;
+
+const TAGS = {
+  paragraph: 'p', blockquote: 'blockquote', bullet_list: 'ul', ordered_list: 'ol', list_item: 'li',
+  thead: 'thead', tbody: 'tbody', tr: 'tr', th: 'th', td: 'td', em: 'em', strong: 'strong', s: 'del',
+};
+const ALIGN = /^text-align:(left|right|center)$/;
+const TASK = /^\[([ xX])\]\s+/;
 
 export function renderMarkdown(source) {
   const root = document.createDocumentFragment();
-  blocks(String(source || '').replace(/\r\n?/g, '\n').split('\n'), root);
+  build(md.parse(String(source || ''), {}), root);
   return root;
 }
-
-function blocks(lines, parent) {
-  let i = 0;
-  let paragraph = [];
-  const flush = () => {
-    if (paragraph.length) {
-      const p = h('p');
-      paragraph.forEach((line, index) => {
-        if (index) p.append(h('br'));
-        inline(line, p);
-      });
-      parent.append(p);
-      paragraph = [];
-    }
-  };
-  while (i < lines.length) {
-    const line = lines[i];
-    let m;
-    if ((m = FENCE.exec(line))) {
-      flush();
-      const fence = m[1];
-      const body = [];
-      i += 1;
-      while (i < lines.length && !(lines[i].trim().startsWith(fence[0].repeat(fence.length))
-        && /^\s*([`~])\1*\s*$/.test(lines[i]))) {
-        body.push(lines[i]);
-        i += 1;
-      }
-      i += 1;
-      const code = h('code', m[2] ? { class: `lang-${m[2].replace(/[^\w+#-]/g, '')}` } : {}, body.join('\n'));
-      parent.append(h('pre', { class: 'code' }, code));
-      continue;
-    }
-    if (line.trim() === '') {
-      flush();
-      i += 1;
-      continue;
-    }
-    if ((m = HEADING.exec(line))) {
-      flush();
-      const el = h(`h${m[1].length}`);
-      inline(m[2], el);
-      parent.append(el);
-      i += 1;
-      continue;
-    }
-    if (RULE.test(line)) {
-      flush();
-      parent.append(h('hr'));
-      i += 1;
-      continue;
-    }
-    if (QUOTE.test(line)) {
-      flush();
-      const inner = [];
-      while (i < lines.length && (m = QUOTE.exec(lines[i]))) {
-        inner.push(m[1]);
-        i += 1;
-      }
-      const quote = h('blockquote');
-      blocks(inner, quote);
-      parent.append(quote);
-      continue;
-    }
-    if (ITEM.test(line)) {
-      flush();
-      i = list(lines, i, parent);
-      continue;
-    }
-    if (line.includes('|') && i + 1 < lines.length && TABLE_SEP.test(lines[i + 1]) && lines[i + 1].includes('-')) {
-      flush();
-      i = table(lines, i, parent);
-      continue;
-    }
-    paragraph.push(line.trim());
-    i += 1;
-  }
-  flush();
-}
-
-function list(lines, start, parent) {
-  const first = ITEM.exec(lines[start]);
-  const indent = first[1].length;
-  const ordered = /\d/.test(first[2]);
-  const el = ordered ? h('ol', Number.parseInt(first[2], 10) !== 1 ? { start: Number.parseInt(first[2], 10) } : {}) : h('ul');
-  let i = start;
-  while (i < lines.length) {
-    const m = ITEM.exec(lines[i]);
-    if (!m || m[1].length !== indent || /\d/.test(m[2]) !== ordered) break;
-    const body = [m[3]];
-    i += 1;
-    // The item goes on over lines indented deeper than its marker (nested lists, wrapped text).
-    while (i < lines.length && lines[i].trim() !== '' && (/^\s/.test(lines[i]) && leading(lines[i]) > indent)) {
-      body.push(lines[i].slice(Math.min(leading(lines[i]), indent + 2)));
-      i += 1;
-    }
-    const li = h('li');
-    const task = /^\[([ xX])\]\s+(.*)$/.exec(body[0]);
-    if (task) {
-      li.classList.add('task-item');
-      li.append(h('span', { class: task[1] === ' ' ? 'check' : 'check done', 'aria-hidden': 'true' }, task[1] === ' ' ? '☐ ' : '☑ '));
-      body[0] = task[2];
-    }
-    if (body.length === 1) inline(body[0], li);
-    else blocks(body, li);
-    el.append(li);
-    // A blank line between items keeps the list going.
-    if (i + 1 < lines.length && lines[i] !== undefined && lines[i].trim() === '') {
-      const next = ITEM.exec(lines[i + 1]);
-      if (next && next[1].length === indent && /\d/.test(next[2]) === ordered) i += 1;
-    }
-  }
-  parent.append(el);
-  return i;
-}
-
-function leading(line) {
-  return line.length - line.trimStart().length;
-}
-
-function cells(line) {
-  let text = line.trim();
-  if (text.startsWith('|')) text = text.slice(1);
-  if (text.endsWith('|') && !text.endsWith('\\|')) text = text.slice(0, -1);
-  return text.split(/(?<!\\)\|/).map((cell) => cell.trim().replace(/\\\|/g, '|'));
-}
-
-function table(lines, start, parent) {
-  const head = cells(lines[start]);
-  const aligns = cells(lines[start + 1]).map((c) => (c.startsWith(':') && c.endsWith(':') ? 'center'
-    : c.endsWith(':') ? 'right' : c.startsWith(':') ? 'left' : null));
-  const thead = h('thead', {}, h('tr', {}, head.map((cell, k) => {
-    const th = h('th', aligns[k] ? { style: `text-align:${aligns[k]}` } : {});
-    inline(cell, th);
-    return th;
-  })));
-  const tbody = h('tbody');
-  let i = start + 2;
-  while (i < lines.length && lines[i].includes('|') && lines[i].trim() !== '') {
-    const row = cells(lines[i]);
-    tbody.append(h('tr', {}, head.map((_, k) => {
-      const td = h('td', aligns[k] ? { style: `text-align:${aligns[k]}` } : {});
-      inline(row[k] || '', td);
-      return td;
-    })));
-    i += 1;
-  }
-  parent.append(h('div', { class: 'table-wrap' }, h('table', {}, thead, tbody)));
-  return i;
-}
-
-const ESCAPABLE = /[\\`*_{}[\]()#+\-.!~>|<]/;
-const CODE = /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/y;
-const LINK = /\[((?:[^[\]\\]|\\.|\[[^\]]*\])*)\]\(\s*<?([^\s()<>]*(?:\([^\s()<>]*\)[^\s()<>]*)*)>?(?:\s+"[^"]*")?\s*\)/y;
-const AUTOLINK = /<(https?:\/\/[^\s<>]+)>/y;
-const BARE_URL = /https?:\/\/[^\s<>"']*[^\s<>"'.,;:!?)\]}*_~]/y;
 
 export function safeUrl(raw) {
   try {
@@ -183,127 +34,99 @@ export function safeUrl(raw) {
   }
 }
 
-function link(href, children) {
-  return h('a', { href, target: '_blank', rel: 'noopener noreferrer nofollow' }, children);
+// markdown-it's tokens are flat with `nesting` +1 (open), -1 (close), 0 (leaf); an `inline` token
+// holds its spans as `children`, built the same way.
+function build(tokens, parent) {
+  const stack = [parent];
+  tokens.forEach((token, index) => {
+    const top = stack[stack.length - 1];
+    if (token.nesting === 1) {
+      const el = open(token, tokens, index);
+      if (el) top.append(el.parentNode || el); // a table comes in its scrolling wrapper
+      stack.push(el || top);
+    } else if (token.nesting === -1) {
+      stack.pop();
+    } else {
+      leaf(token, top);
+    }
+  });
 }
 
-// Inline spans: code, links, autolinks, emphasis (*, _, **, __), strikethrough (~~), escapes.
-function inline(text, parent, { links = true } = {}) {
-  let buffer = '';
-  const flush = () => {
-    if (buffer) parent.append(buffer);
-    buffer = '';
-  };
-  let i = 0;
-  while (i < text.length) {
-    const c = text[i];
-    if (c === '\\' && i + 1 < text.length && ESCAPABLE.test(text[i + 1])) {
-      buffer += text[i + 1];
-      i += 2;
-      continue;
-    }
-    if (c === '`') {
-      CODE.lastIndex = i;
-      const m = CODE.exec(text);
-      if (m) {
-        flush();
-        const body = m[2].length > 2 && m[2].startsWith(' ') && m[2].endsWith(' ') ? m[2].slice(1, -1) : m[2];
-        parent.append(h('code', {}, body));
-        i = CODE.lastIndex;
-        continue;
-      }
-      const run = /`+/y;
-      run.lastIndex = i;
-      const ticks = run.exec(text)[0];
-      buffer += ticks;
-      i += ticks.length;
-      continue;
-    }
-    if (links && c === '[') {
-      LINK.lastIndex = i;
-      const m = LINK.exec(text);
-      if (m) {
-        flush();
-        const href = safeUrl(m[2]);
-        if (href) {
-          const a = link(href, []);
-          inline(m[1], a, { links: false });
-          parent.append(a);
-        } else {
-          // Not an http(s) link: show what was written, as text.
-          inline(m[1], parent, { links: false });
-          parent.append(` (${m[2]})`);
-        }
-        i = LINK.lastIndex;
-        continue;
-      }
-    }
-    if (links && c === '<') {
-      AUTOLINK.lastIndex = i;
-      const m = AUTOLINK.exec(text);
-      const href = m && safeUrl(m[1]);
-      if (href) {
-        flush();
-        parent.append(link(href, [m[1]]));
-        i = AUTOLINK.lastIndex;
-        continue;
-      }
-    }
-    if (links && c === 'h' && (i === 0 || /[\s(]/.test(text[i - 1]))) {
-      BARE_URL.lastIndex = i;
-      const m = BARE_URL.exec(text);
-      const href = m && safeUrl(m[0]);
-      if (href) {
-        flush();
-        parent.append(link(href, [m[0]]));
-        i = BARE_URL.lastIndex;
-        continue;
-      }
-    }
-    if (c === '*' || c === '_' || c === '~') {
-      const span = emphasis(text, i);
-      if (span) {
-        flush();
-        const el = h(span.tag);
-        inline(text.slice(span.start, span.end), el, { links });
-        parent.append(el);
-        i = span.next;
-        continue;
-      }
-    }
-    buffer += c;
-    i += 1;
+function open(token, tokens, index) {
+  const type = token.type.replace(/_open$/, '');
+  if (type === 'paragraph' && token.hidden) return null; // a tight list's item: no <p>
+  if (type === 'heading') return h(token.tag);
+  if (type === 'link') {
+    const href = safeUrl(token.attrGet('href'));
+    return href ? h('a', { href, target: '_blank', rel: 'noopener noreferrer nofollow' }) : null;
   }
-  flush();
+  if (type === 'table') {
+    const table = h('table');
+    h('div', { class: 'table-wrap' }, table);
+    return table;
+  }
+  if (type === 'ordered_list') {
+    const start = Number(token.attrGet('start') || 1);
+    return h('ol', start !== 1 ? { start } : {});
+  }
+  if (type === 'th' || type === 'td') {
+    const style = token.attrGet('style');
+    return h(type, style && ALIGN.test(style) ? { style } : {});
+  }
+  if (type === 'list_item') return listItem(tokens, index);
+  return TAGS[type] ? h(TAGS[type]) : null;
 }
 
-function emphasis(text, i) {
-  const c = text[i];
-  const double = text[i + 1] === c;
-  if (c === '~' && !double) return null;
-  const marker = double ? c + c : c;
-  const start = i + marker.length;
-  if (start >= text.length || /\s/.test(text[start])) return null;
-  // `_` only at word edges, so snake_case_names stay as they are.
-  if (c === '_' && i > 0 && /[\p{L}\p{N}]/u.test(text[i - 1])) return null;
-  let j = start;
-  while (j < text.length) {
-    const found = text.indexOf(marker, j);
-    if (found === -1) return null;
-    if (!double && text[found + 1] === c) {
-      // A `**` inside `*…*` belongs to a nested strong span, not to this one.
-      j = found + 2;
-      continue;
-    }
-    const before = text[found - 1];
-    const after = text[found + marker.length];
-    const closes = found > start && !/\s/.test(before) && before !== '\\'
-      && (c !== '_' || after === undefined || !/[\p{L}\p{N}]/u.test(after));
-    if (closes) {
-      const tag = c === '~' ? 'del' : double ? 'strong' : 'em';
-      return { tag, start, end: found, next: found + marker.length };
-    }
-    j = found + marker.length;
+// `- [ ] todo` / `- [x] done`: a check mark instead of the brackets.
+function listItem(tokens, index) {
+  const li = h('li');
+  const inline = tokens[index + 1]?.type === 'paragraph_open' ? tokens[index + 2] : null;
+  const first = inline?.type === 'inline' ? inline.children[0] : null;
+  const task = first?.type === 'text' ? TASK.exec(first.content) : null;
+  if (task) {
+    first.content = first.content.slice(task[0].length);
+    const done = task[1] !== ' ';
+    li.classList.add('task-item');
+    li.append(h('span', { class: done ? 'check done' : 'check', 'aria-hidden': 'true' }, done ? '☑ ' : '☐ '));
   }
-  return null;
+  return li;
+}
+
+function leaf(token, parent) {
+  switch (token.type) {
+    case 'inline':
+      build(token.children || [], parent);
+      break;
+    case 'text':
+    case 'html_inline':
+    case 'html_block':
+      parent.append(token.content);
+      break;
+    case 'code_inline':
+      parent.append(h('code', {}, token.content));
+      break;
+    case 'softbreak':
+    case 'hardbreak':
+      parent.append(h('br'));
+      break;
+    case 'fence':
+    case 'code_block': {
+      const lang = (token.info || '').trim().split(/\s+/)[0].replace(/[^\w+#-]/g, '');
+      const code = h('code', lang ? { class: `lang-${lang}` } : {}, token.content.replace(/\n$/, ''));
+      parent.append(h('pre', { class: 'code' }, code));
+      break;
+    }
+    case 'hr':
+      parent.append(h('hr'));
+      break;
+    case 'image': {
+      // No images from agent text: its alt text, linked to the image when the URL is http(s).
+      const href = safeUrl(token.attrGet('src'));
+      const alt = token.content || token.attrGet('src') || '';
+      parent.append(href ? h('a', { href, target: '_blank', rel: 'noopener noreferrer nofollow' }, alt) : alt);
+      break;
+    }
+    default:
+      if (token.content) parent.append(token.content);
+  }
 }

@@ -6,83 +6,12 @@
 // per subscription, `message(sub, envelope)` per event, and `lost(reason)` once; the manager then
 // drops it and builds a new one after a backoff, resuming every subscription at its last seq.
 
+import { Backoff } from './retry.js';
+import { SseParser } from './sse.js';
+
 export const DEFAULT_HEARTBEAT_MS = 15000;
 const WATCHDOG_FACTOR = 2.5;
 const HIDDEN_RECONNECT_MS = 5000;
-
-// Backoff from ~250 ms doubling to a 15 s cap, ±20 % jitter, forever; `reset` on a good open.
-export class Backoff {
-  constructor({ base = 250, factor = 2, cap = 15000, jitter = 0.2, random = Math.random } = {}) {
-    Object.assign(this, { base, factor, cap, jitter, random });
-    this.attempt = 0;
-  }
-
-  next() {
-    const raw = Math.min(this.cap, this.base * this.factor ** this.attempt);
-    this.attempt += 1;
-    return Math.round(raw * (1 + this.jitter * (2 * this.random() - 1)));
-  }
-
-  reset() {
-    this.attempt = 0;
-  }
-}
-
-// Incremental text/event-stream parser (WHATWG rules: CR, LF or CRLF line ends, `:` comments).
-export class SseParser {
-  constructor(onMessage, onComment = () => {}) {
-    this.onMessage = onMessage;
-    this.onComment = onComment;
-    this.buffer = '';
-    this.reset();
-  }
-
-  reset() {
-    this.event = '';
-    this.data = [];
-    this.id = null;
-  }
-
-  push(text) {
-    this.buffer += text;
-    let start = 0;
-    for (;;) {
-      const lf = this.buffer.indexOf('\n', start);
-      const cr = this.buffer.indexOf('\r', start);
-      let end = lf;
-      if (cr !== -1 && (lf === -1 || cr < lf)) end = cr;
-      if (end === -1) break;
-      // A CR at the very end may be the first half of CRLF: wait for the next chunk.
-      if (end === cr && end === this.buffer.length - 1) break;
-      const line = this.buffer.slice(start, end);
-      start = end + (end === cr && this.buffer[end + 1] === '\n' ? 2 : 1);
-      this.line(line);
-    }
-    this.buffer = this.buffer.slice(start);
-  }
-
-  line(line) {
-    if (line === '') {
-      if (this.data.length) {
-        this.onMessage({ event: this.event || 'message', data: this.data.join('\n'), id: this.id });
-      }
-      this.reset();
-      return;
-    }
-    if (line[0] === ':') {
-      this.onComment(line.slice(1).trim());
-      return;
-    }
-    const colon = line.indexOf(':');
-    const field = colon === -1 ? line : line.slice(0, colon);
-    let value = colon === -1 ? '' : line.slice(colon + 1);
-    if (value[0] === ' ') value = value.slice(1);
-    if (field === 'data') this.data.push(value);
-    else if (field === 'event') this.event = value;
-    else if (field === 'id' && !value.includes('\0')) this.id = value;
-    // `retry:` is ignored: the manager's backoff decides.
-  }
-}
 
 export class HttpError extends Error {
   constructor(status, body) {

@@ -9,7 +9,11 @@ export const TERMINAL = new Set(['turn.completed', 'turn.failed', 'turn.cancelle
 const BLOCK_KINDS = {
   'text.delta': 'text', 'text.done': 'text', 'thinking.delta': 'thinking', 'thinking.done': 'thinking',
 };
+// The tools whose input is the turn's todo list: the built-in one, and Claude Code's.
+const TODO_TOOLS = new Set(['todo_write', 'TodoWrite']);
 const IDLE = { agent_state: 'idle', outstanding_llm_calls: 0, outstanding_tool_calls: [] };
+const STATE_FIELDS = ['agent_state', 'outstanding_llm_calls', 'outstanding_tool_calls', 'retry_in_ms'];
+const END_FIELDS = ['stop_reason', 'usage', 'timing', 'error', 'reason', 'permission_denials'];
 
 export class Transcript {
   constructor() {
@@ -45,7 +49,10 @@ export class Transcript {
       let summary = this.turns.get(turn);
       let change = null;
       if (!summary) {
-        summary = { id: turn, lane, message: data.message || '', status: 'queued', started_seq: seq };
+        summary = {
+          id: turn, lane, message: data.message || '', status: 'queued', provider: null, model: null,
+          started_seq: seq, error: null, origin: data.origin ?? null,
+        };
         this.turns.set(turn, summary);
         const entry = { ...base, role: 'user', kind: 'message', text: summary.message };
         this.entries.push(entry);
@@ -53,8 +60,8 @@ export class Transcript {
       }
       if (kind === 'turn.started') {
         summary.status = 'running';
-        summary.provider = data.provider;
-        summary.model = data.model;
+        summary.provider = data.provider ?? null;
+        summary.model = data.model ?? null;
       }
       return change || { turnChanged: turn };
     }
@@ -82,9 +89,10 @@ export class Transcript {
     }
     if (kind === 'tool.call') {
       const entry = {
-        ...base, role: 'assistant', kind: 'tool', call_id: data.call_id, name: data.name, input: data.input,
-        output: null, is_error: false, duration_ms: null, done: false,
+        ...base, role: 'assistant', kind: 'tool', call_id: data.call_id ?? null, name: data.name ?? null,
+        input: data.input ?? null, output: null, is_error: false, duration_ms: null, done: false,
       };
+      if (data.parent_call_id) entry.parent_call_id = data.parent_call_id;
       this.tools.set(String(data.call_id), entry);
       this.entries.push(entry);
       return { entry, added: true };
@@ -93,12 +101,13 @@ export class Transcript {
       let entry = this.tools.get(String(data.call_id));
       let added = false;
       if (!entry) {
-        entry = { ...base, role: 'assistant', kind: 'tool', call_id: data.call_id, name: null, input: null };
+        entry = { ...base, role: 'assistant', kind: 'tool', call_id: data.call_id ?? null, name: null, input: null };
         this.entries.push(entry);
         added = true;
       }
       Object.assign(entry, {
-        output: data.output, is_error: Boolean(data.is_error), duration_ms: data.duration_ms, done: true, seq,
+        output: data.output ?? null, is_error: Boolean(data.is_error), duration_ms: data.duration_ms ?? null,
+        done: true, seq,
       });
       return { entry, added };
     }
@@ -122,7 +131,7 @@ export class Transcript {
       return { stateChanged: true };
     }
     if (kind === 'state') {
-      this.state = { ...pick(data, ['agent_state', 'outstanding_llm_calls', 'outstanding_tool_calls']), turn, lane };
+      this.state = { ...pick(data, STATE_FIELDS), turn, lane };
       return { stateChanged: true };
     }
     if (TERMINAL.has(kind)) {
@@ -131,11 +140,8 @@ export class Transcript {
         summary.status = kind.split('.')[1];
         summary.error = data.error || data.reason || null;
       }
-      const usage = data.usage || {};
-      for (const name of ['input_tokens', 'output_tokens']) {
-        this.usage[name] = (this.usage[name] || 0) + Number(usage[name] || 0);
-      }
-      const entry = { ...base, role: 'system', kind, ...pick(data, ['stop_reason', 'usage', 'timing', 'error', 'reason']) };
+      this.addUsage(data.usage);
+      const entry = { ...base, role: 'system', kind, ...pick(data, END_FIELDS) };
       this.entries.push(entry);
       if (![...this.turns.values()].some((t) => t.status === 'running' || t.status === 'queued')) {
         this.state = { ...IDLE };
@@ -146,7 +152,7 @@ export class Transcript {
   }
 
   // Rebuild from `GET /api/konsole/{s}/messages` (a reset or a lost epoch): the server's entries,
-  // plus each turn's todo card from its last todo_write input.
+  // plus each turn's todo card from its last todo tool's input.
   static fromSnapshot(snapshot) {
     const fold = new Transcript();
     fold.seq = snapshot.seq || 0;
@@ -154,7 +160,7 @@ export class Transcript {
     fold.agent = snapshot.agent || {};
     const lastTodos = new Map();
     for (const entry of snapshot.messages || []) {
-      if (entry.kind === 'tool' && entry.name === 'todo_write' && entry.input && Array.isArray(entry.input.todos)) {
+      if (entry.kind === 'tool' && TODO_TOOLS.has(entry.name) && entry.input && Array.isArray(entry.input.todos)) {
         lastTodos.set(entry.turn, entry.input.todos);
       }
     }
@@ -162,16 +168,23 @@ export class Transcript {
       const copy = { ...entry };
       fold.entries.push(copy);
       if (copy.kind === 'message') {
-        const ended = (snapshot.messages || []).find((e) => e.turn === copy.turn && TERMINAL.has(e.kind));
+        // What the entries cannot tell (a queued turn, provider, model, origin) waits for the next events.
         fold.turns.set(copy.turn, {
-          id: copy.turn, lane: copy.lane, message: copy.text, started_seq: copy.seq,
-          status: ended ? ended.kind.split('.')[1] : 'running',
+          id: copy.turn, lane: copy.lane, message: copy.text, status: 'running', provider: null, model: null,
+          started_seq: copy.seq, error: null, origin: null,
         });
+      } else if (TERMINAL.has(copy.kind)) {
+        const summary = fold.turns.get(copy.turn);
+        if (summary) {
+          summary.status = copy.kind.split('.')[1];
+          summary.error = copy.error || copy.reason || null;
+        }
+        fold.addUsage(copy.usage);
       } else if (copy.kind === 'text' || copy.kind === 'thinking') {
         fold.blocks.set(`${copy.turn}\u0000${copy.kind}\u0000${Number(copy.block || 0)}`, copy);
       } else if (copy.kind === 'tool') {
         fold.tools.set(String(copy.call_id), copy);
-        if (copy.name === 'todo_write' && lastTodos.has(copy.turn) && !fold.todoEntries.has(copy.turn)) {
+        if (TODO_TOOLS.has(copy.name) && lastTodos.has(copy.turn) && !fold.todoEntries.has(copy.turn)) {
           const todos = { turn: copy.turn, lane: copy.lane, seq: copy.seq, role: 'assistant', kind: 'todos',
                           todos: lastTodos.get(copy.turn) };
           fold.todoEntries.set(copy.turn, todos);
@@ -180,6 +193,15 @@ export class Transcript {
       }
     }
     return fold;
+  }
+
+  addUsage(usage) {
+    for (const name of ['input_tokens', 'output_tokens']) {
+      this.usage[name] = (this.usage[name] || 0) + Number(usage?.[name] || 0);
+    }
+    if (usage?.cost_usd !== undefined && usage.cost_usd !== null) {
+      this.usage.cost_usd = Math.round(((this.usage.cost_usd || 0) + Number(usage.cost_usd)) * 1e6) / 1e6;
+    }
   }
 
   openTurns(lane) {
