@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwr
 
 from agentwire.config import Config
 from tests.support import claude_code as cc
+from tests.support.agent_clis import AgentHome, prepared_home, private_cache
 from tests.support.browser import launch, new_context
 from tests.support.protocols import served
 from tests.support.server import free_port, running_app
@@ -75,6 +76,21 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
 def server(make_server: ServerFactory) -> Served:
     """A server with a short heartbeat, so tests that wait for pings wait little."""
     return make_server(heartbeat=0.2)
+
+
+@pytest.fixture
+def agent_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentHome]:
+    """A fake model server and a throwaway home whose Codex CLI and Gemini CLI configuration points at it,
+    in this process's environment (see tests/support/agent_clis.py)."""
+    with prepared_home(tmp_path, monkeypatch) as home:
+        yield home
+
+
+@pytest.fixture
+def agent_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """`XDG_CACHE_HOME` where Gemini CLI accepts agentwire's settings files (see `private_cache`)."""
+    with private_cache(monkeypatch) as directory:
+        yield directory
 
 
 @pytest.fixture(scope="module")

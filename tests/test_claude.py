@@ -215,12 +215,14 @@ def test_a_quick_turn_after_idle_starts_on_a_live_process(env: Env) -> None:
     assert of(events, "agent.info")[0]["pid"] == warm and cc.started_at(warm) == born
     # The worker that served it is closed (a quick turn's context is its own); the pool refills.
     wait_for(lambda: warm not in cc.processes(env.home) and len(cc.agents(env.home, cwd)) == 1, timeout=10)
-    # The quick turn did not become the main lane's context.
-    assert httpx.get(f"{env.url}/api/konsole/quick/state", timeout=10).json()["agent"]["pid"] == warm
+    # The quick turn did not become the main lane's context, nor the agent the session header shows.
+    assert httpx.get(f"{env.url}/api/konsole/quick/state", timeout=10).json()["agent"] == {}
     env.fake.enqueue(fake.text("Main answer."))
     since = env.seen()
-    run_turn(env.url, "quick", "A main one")
+    main = run_turn(env.url, "quick", "A main one")
     assert "A quick one" not in cc.user_texts(env.bodies(since)[0])
+    shown = httpx.get(f"{env.url}/api/konsole/quick/state", timeout=10).json()["agent"]
+    assert shown == of(main, "agent.info")[-1] and shown["pid"] != warm
 
 
 def test_rate_limits_show_while_claude_code_retries(env: Env) -> None:

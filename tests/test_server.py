@@ -102,6 +102,8 @@ SAMPLES: dict[str, tuple[str, list[str], object, object]] = {
                         ["https://a.example", "http://b.example:8080"], ["https://x.example"]),
     "trust_forwarded": ("1", ["--trust-forwarded"], True, True),
     "allow_session_command": ("yes", ["--allow-session-command"], True, True),
+    "codex_bin": ("/env/codex", ["--codex-bin", "/flag/codex"], "/env/codex", "/flag/codex"),
+    "gemini_bin": ("/env/gemini", ["--gemini-bin", "/flag/gemini"], "/env/gemini", "/flag/gemini"),
 }
 
 

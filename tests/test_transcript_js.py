@@ -148,7 +148,7 @@ TODOS = [{"content": "Read", "status": "completed", "activeForm": "Reading"},
          {"content": "Fix", "status": "in_progress", "activeForm": "Fixing"}]
 # What the scripted agent never sends, but other agents and a cut stream can: a result whose call was
 # not seen, a block that comes only as its `*.done`, costs, Claude Code's `TodoWrite`, a turn ended
-# before it was seen to start. (kind, data, turn, lane); seqs follow the order.
+# before it was seen to start, a quick turn's agent. (kind, data, turn, lane); seqs follow the order.
 ODD_SPEC: list[tuple[str, JSON, str, str]] = [
     ("agent.info", {"provider": "claude", "session_id": "s-1"}, "", "main"),
     ("turn.queued", {"message": "first", "origin": {"view": "agui", "run": "r1"}}, "t1", "main"),
@@ -181,9 +181,10 @@ ODD_SPEC: list[tuple[str, JSON, str, str]] = [
     ("turn.failed", {"error": "boom", "usage": {"output_tokens": 1, "cost_usd": 0.004},
                      "permission_denials": [{"tool_name": "Bash"}]}, "t2", "main"),
     ("turn.cancelled", {"reason": "never seen starting"}, "t3", "quick"),
-    ("turn.started", {"message": "third", "provider": "claude", "model": "opus"}, "t4", "quick"),
-    ("permission.requested", {"request_id": "p4", "tool": "Write", "input": {}, "turn": "t4", "expires_at": 4},
-     "t4", "quick"),
+    ("agent.info", {"provider": "codex", "session_id": "quick-own"}, "t4", "quick"),  # not the session's agent
+    ("turn.started", {"message": "third", "provider": "claude", "model": "opus"}, "t5", "quick"),
+    ("permission.requested", {"request_id": "p4", "tool": "Write", "input": {}, "turn": "t5", "expires_at": 4},
+     "t5", "quick"),
     ("text.delta", {"block": 0, "text": "late"}, "t9", "main"),
 ]
 ODD = [{"seq": seq, "stream": "konsole/s", "type": kind, "ts": 1_700_000_000_000 + seq, "turn": turn, "lane": lane,

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
-from agentwire import agui, aisdk, openapi, tasks, ws
+from agentwire import agents_api, agui, aisdk, openapi, tasks, ws
 from agentwire.auth import TokenAuth
 from agentwire.body import RequestBody
 from agentwire.config import Config
@@ -132,6 +132,7 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
     app.include_router(console_api.router(lambda request: ctx(request).console))
     app.include_router(agui.router(lambda request: ctx(request).console))
     app.include_router(aisdk.router(lambda request: ctx(request).console))
+    app.include_router(agents_api.router(lambda request: ctx(request).console))
     app.router.routes.append(ws.route(hub, console, config))
 
     @app.get("/api/stream/tasks", tags=["streams"], response_class=EventStreamResponse, status_code=200,

@@ -42,6 +42,8 @@ def _serve_parser(sub: Any) -> None:
                        help="seconds an idle agent process (claude provider, warm quick workers) is kept")
     serve.add_argument("--permission-timeout", type=float, default=None,
                        help="seconds a tool-permission request waits for an answer before it is denied (600)")
+    serve.add_argument("--codex-bin", default=None, help="the Codex CLI binary (default: codex on PATH)")
+    serve.add_argument("--gemini-bin", default=None, help="the Gemini CLI binary (default: gemini on PATH)")
     serve.add_argument("--buffer-limit", type=int, default=None,
                        help="bytes a subscriber may fall behind before it is disconnected")
     serve.add_argument("--lease-seconds", type=float, default=None)

@@ -42,6 +42,8 @@ class Config:
                                                             "--include-partial-messages", "--verbose"])
     quick_pool: int = 2  # warm workers kept for quick turns
     claude_bin: str | None = None  # the `claude` provider's CLI; None: the one claude-agent-sdk bundles
+    codex_bin: str | None = None  # the Codex CLI to run (default: `codex` on PATH)
+    gemini_bin: str | None = None  # the Gemini CLI to run (default: `gemini` on PATH)
     agent_ttl: float = 900.0  # seconds an idle live agent process (and a warm quick worker) is kept
     # Seconds a tool-permission request waits for a person's answer before it is denied.
     permission_timeout: float = 600.0
@@ -147,6 +149,7 @@ ENV = {
     "permission_timeout": "AGENTWIRE_PERMISSION_TIMEOUT",
     "allowed_hosts": "AGENTWIRE_ALLOWED_HOSTS", "allowed_origins": "AGENTWIRE_ALLOWED_ORIGINS",
     "trust_forwarded": "AGENTWIRE_TRUST_FORWARDED", "allow_session_command": "AGENTWIRE_ALLOW_SESSION_COMMAND",
+    "codex_bin": "AGENTWIRE_CODEX_BIN", "gemini_bin": "AGENTWIRE_GEMINI_BIN",
 }
 # Lists of names whose twins are separated by commas and/or spaces (not shell-quoted commands).
 NAME_LISTS = {"allowed_hosts", "allowed_origins"}

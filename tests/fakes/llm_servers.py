@@ -13,6 +13,11 @@ cut or stalled at a chosen byte):
 - Gemini: ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` (``data:`` lines with a
   ``GenerateContentResponse``, CRLF-separated as Google sends them). Thought parts are only sent
   when the request asks for ``thinkingConfig.includeThoughts``.
+- OpenAI Responses: ``POST /v1/responses`` with ``"stream": true`` (what Codex CLI speaks): see
+  `tests.fakes.openai_responses`; queue its scenarios with ``provider="responses"``.
+
+A Gemini ``generateContent`` call that asks for JSON by schema (Gemini CLI's model router and its other
+checks of its own) is answered from the schema without taking a scenario: see `tests.fakes.gemini_json`.
 
 Every request takes the next queued **scenario** (a provider's own queue first, then the shared
 one); a request with nothing queued gets an HTTP 500 in the vendor's error format naming the
@@ -84,7 +89,7 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
 FIXTURE_TEXT = "Hello! This answer was streamed from a recorded fixture."
-PROVIDERS = ("anthropic", "openai", "gemini")
+PROVIDERS = ("anthropic", "openai", "gemini", "responses")  # responses: tests/fakes/openai_responses.py
 TEST_KEYS = {"anthropic": "sk-ant-test-0000", "openai": "sk-test-0000", "gemini": "gemini-test-0000"}
 
 # --------------------------------------------------------------------------------------------------
@@ -270,6 +275,8 @@ class RecordedRequest:
             return _anthropic_tool_results(body.get("messages", []))
         if self.provider == "openai":
             return _openai_tool_results(body.get("messages", []))
+        if self.provider == "responses":
+            return openai_responses.tool_results(body)
         return _gemini_tool_results(body.get("contents", []))
 
 
@@ -645,9 +652,14 @@ def _gemini_error(error: HttpError, request: RecordedRequest, n: int) -> tuple[i
     return status, headers, (json.dumps({"error": body}, indent=2) + "\n").encode()
 
 
-_RENDER = {"anthropic": _anthropic_frames, "openai": _openai_frames, "gemini": _gemini_frames}
-_FAULT = {"anthropic": _anthropic_fault, "openai": _openai_fault, "gemini": _gemini_fault}
-_ERROR = {"anthropic": _anthropic_error, "openai": _openai_error, "gemini": _gemini_error}
+from tests.fakes import gemini_json, openai_responses  # noqa: E402  (they build on the helpers above)
+
+_RENDER = {"anthropic": _anthropic_frames, "openai": _openai_frames, "gemini": _gemini_frames,
+           "responses": openai_responses.frames}
+_FAULT = {"anthropic": _anthropic_fault, "openai": _openai_fault, "gemini": _gemini_fault,
+          "responses": openai_responses.fault}
+_ERROR = {"anthropic": _anthropic_error, "openai": _openai_error, "gemini": _gemini_error,
+          "responses": _openai_error}
 _STREAM_HEADERS = {
     "anthropic": {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
                   "anthropic-organization-id": "5bd1f6a4-0c2e-4a8e-9f8e-2f3c1e7b9d10"},
@@ -655,6 +667,7 @@ _STREAM_HEADERS = {
                "openai-processing-ms": "184", "openai-version": "2020-10-01"},
     "gemini": {"content-type": "text/event-stream", "vary": "Origin, X-Origin, Referer",
                "server": "scaffolding on HTTPServer2", "x-xss-protection": "0"},
+    "responses": openai_responses.HEADERS,
 }
 
 
@@ -685,6 +698,8 @@ def _route(method: str, path: str) -> str | None:
         return "anthropic"
     if path == "/v1/chat/completions":
         return "openai"
+    if path == "/v1/responses":
+        return "responses"
     if re.fullmatch(r"/v1(beta|alpha)?/models/[^/:]+:(streamGenerateContent|generateContent)", path):
         return "gemini"
     return None
@@ -803,6 +818,11 @@ class FakeLLMServer:
                 raise TimeoutError(f"{len(self.requests)} requests seen, {count} expected")
             return list(self.requests)
 
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+            self._request_seen.notify_all()
+
     def _take(self, request: RecordedRequest) -> tuple[Scenario | None, int]:
         with self._lock:
             self.requests.append(request)
@@ -840,6 +860,11 @@ class FakeLLMServer:
             await _write_plain(writer, 404, {"content-type": "application/json"}, payload)
             return True
         request = RecordedRequest(provider, method, split.path, dict(parse_qsl(split.query)), headers, body)
+        if provider == "gemini" and gemini_json.is_utility_call(request):
+            self._record(request)
+            await _write_plain(writer, 200, {"content-type": "application/json; charset=UTF-8"},
+                               gemini_json.answer(request))
+            return True
         scenario, n = self._take(request)
         request.scenario = scenario
         if scenario is None:
@@ -852,7 +877,8 @@ class FakeLLMServer:
             status, extra, payload = _ERROR[provider](HttpError(400, "server"), request, n)
             await _write_plain(writer, 400, extra, payload)
             return True
-        frames = _fixture(provider, request) if scenario.fixture else _RENDER[provider](scenario, request, n)
+        recorded = scenario.fixture and provider != "responses"  # no recording of it: generated from the blocks
+        frames = _fixture(provider, request) if recorded else _RENDER[provider](scenario, request, n)
         return await self._stream(provider, request, scenario, frames, reader, writer, n)
 
     async def _unscripted(self, provider: str, request: RecordedRequest, writer: asyncio.StreamWriter,
@@ -870,7 +896,7 @@ class FakeLLMServer:
         headers = dict(_STREAM_HEADERS[provider])
         if provider == "anthropic":
             headers["request-id"] = "req_011CV" + _ident(f"req{n}", 19)
-        elif provider == "openai":
+        elif provider in ("openai", "responses"):
             headers["x-request-id"] = "req_" + _ident(f"oreq{n}", 32).lower()
         headers["transfer-encoding"] = "chunked"
         try:

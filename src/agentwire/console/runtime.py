@@ -40,8 +40,8 @@ from agentwire.types import (
 
 log = logging.getLogger("agentwire.console")
 
-# How long shutdown waits for cancelled turns to record their end and stop their agents (a CLI
-# agent gets SIGTERM, then SIGKILL after 1.5 s).
+# How long shutdown waits for cancelled turns to record their end and stop their agents (an agent CLI
+# gets SIGINT, on which the ones we run stop at once, then SIGTERM and SIGKILL: `process.stop_agent`).
 CLOSE_TIMEOUT = 3.0
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Lane = Literal["main", "quick"]
@@ -63,6 +63,9 @@ class SessionOptions(BaseModel):
     command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)] | None = None
     # The working directory of an agent that runs tools (Claude Code, Codex, Gemini CLI); must exist.
     cwd: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    # What an agent CLI may do (codex, gemini-cli): "read-only" (default: its own safe headless mode) or
+    # "full" (no sandbox, never asks). Shown in the session header.
+    approval: Literal["read-only", "full"] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=200_000)] | None = None
     max_rounds: Annotated[int, Field(ge=1, le=100)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
@@ -203,10 +206,10 @@ class Console:
     async def create_session(self, body: SessionIn) -> JSON:
         name = body.name or new_id("s")
         provider = body.provider or self.config.provider
-        info = check_provider(provider)
+        options = body.options.model_dump(exclude_none=True)
+        info = check_provider(provider, {**options, **self.settings(provider)})
         if await self.hub.journal.get_doc("session", name) is not None:
             raise Conflict(f"session {name!r} exists", code="session_exists")
-        options = body.options.model_dump(exclude_none=True)
         if "cwd" in options:
             options["cwd"] = check_cwd(options["cwd"])
         if "command" in options and not self.config.allow_session_command:
@@ -225,11 +228,17 @@ class Console:
             self.pool.prewarm(provider, session["model"], self._options(session))
         return session
 
+    def settings(self, provider: str) -> JSON:
+        """What the server decides for a provider (its flags: the agent CLI to run), given to it in its
+        options. Not stored with a session: a restart with other flags applies to every session."""
+        config = self.config
+        server: JSON = {"claude": {"claude_bin": config.claude_bin}, "codex": {"codex_bin": config.codex_bin},
+                        "gemini-cli": {"gemini_bin": config.gemini_bin}}.get(provider, {})
+        return {k: v for k, v in server.items() if v is not None}
+
     def _options(self, session: JSON) -> JSON:
-        """What a session's provider is made with: its options, plus what the server decides for
-        that provider (not stored with the session: a restart with other flags applies to it)."""
-        server: JSON = {"claude": {"claude_bin": self.config.claude_bin}}.get(session["provider"], {})
-        return {**session["options"], **{k: v for k, v in server.items() if v is not None}}
+        """What a session's provider is made with: its options, plus the server's settings for it."""
+        return {**session["options"], **self.settings(session["provider"])}
 
     async def session(self, name: str, *, create: bool = False) -> JSON:
         check_session_name(name)
@@ -378,7 +387,7 @@ class Console:
             name, model, options = session["provider"], session.get("model"), self._options(session)
             if turn.lane == "quick":
                 provider = await self.pool.acquire(name, model, options)
-            elif check_provider(name).live:
+            elif check_provider(name, options).live:
                 provider = self.agents.take(turn.session, lambda: make_provider(name, model, options))
                 live = True
             else:

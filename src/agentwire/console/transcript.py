@@ -42,7 +42,7 @@ class Transcript:
     usage: JSON = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
     state: JSON = field(default_factory=lambda: {"agent_state": "idle", "outstanding_llm_calls": 0,
                                                  "outstanding_tool_calls": []})
-    agent: JSON = field(default_factory=dict)  # the latest `agent.info`: what runs this session's turns
+    agent: JSON = field(default_factory=dict)  # the main lane's latest `agent.info`: what runs its turns
     lane_todos: dict[str, list[JSON]] = field(default_factory=dict)  # each lane's latest todo list
     # Tool-permission requests by id (their entries: status "pending", "allowed", "denied" or, for a
     # request whose turn ended without an answer, "ended"), and the rules "always allow" made.
@@ -119,7 +119,7 @@ class Transcript:
                 self.rules.append(dict(data["rule"]))
         elif kind == "todo.updated":
             self.todos = self.lane_todos[lane] = list(data.get("todos", []))
-        elif kind == "agent.info":
+        elif kind == "agent.info" and lane == "main":  # a quick turn's agent has a context of its own
             self.agent = dict(data)
         elif kind == "state":
             self.state = {k: data[k] for k in ("agent_state", "outstanding_llm_calls", "outstanding_tool_calls",

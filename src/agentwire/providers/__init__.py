@@ -9,7 +9,7 @@ subprocess). A failure the user should read is raised as `ProviderError(message)
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import importlib.metadata
 import os
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -183,41 +183,73 @@ class ProviderInfo:
     # session (`console/agents.py`) and closes it after an idle time; it resumes from `io.resume`
     # whenever its process is new.
     live: bool = False
-    requires: str | None = None  # the Python package it needs (an optional extra of agentwire)
+    # The Python package it needs (pip's name), installed by agentwire's extra `extra` (default: the
+    # provider's name).
+    requires: str | None = None
+    extra: str | None = None
+    # "module:function(name, options) -> str | None": what is missing for it to run here with these
+    # options (its session's, with the server's settings for it: `Console._options`), e.g. an agent
+    # CLI's binary or credentials; None when nothing is. Imported only when asked.
+    check: str | None = None
 
 
 PROVIDERS: dict[str, ProviderInfo] = {
     "scripted": ProviderInfo("agentwire.providers.scripted:ScriptedProvider", None, "scripted-1"),
     "cli": ProviderInfo("agentwire.providers.cli_agent:CliProvider", None, "cli"),
-    # No key check: Claude Code may be logged in to an account instead of using ANTHROPIC_API_KEY.
+    # Agent CLIs with the user's own configuration and keys (no key check: Claude Code may be logged in
+    # to an account instead of using ANTHROPIC_API_KEY); "default" runs the model that configuration names.
     "claude": ProviderInfo("agentwire.providers.claude:ClaudeProvider", None, "default", live=True,
-                           requires="claude_agent_sdk"),
+                           requires="claude-agent-sdk", check="agentwire.providers.agents:cli_missing"),
+    "codex": ProviderInfo("agentwire.providers.codex:CodexProvider", None, "default",
+                          check="agentwire.providers.agents:cli_missing"),
+    "gemini-cli": ProviderInfo("agentwire.providers.gemini_cli:GeminiCliProvider", None, "default",
+                               check="agentwire.providers.agents:cli_missing"),
     "anthropic": ProviderInfo("agentwire.providers.anthropic:AnthropicProvider", "ANTHROPIC_API_KEY",
-                              "claude-sonnet-4-6"),
-    "openai": ProviderInfo("agentwire.providers.openai:OpenAIProvider", "OPENAI_API_KEY", "gpt-4.1-mini"),
-    "gemini": ProviderInfo("agentwire.providers.gemini:GeminiProvider", "GEMINI_API_KEY", "gemini-2.5-flash"),
+                              "claude-sonnet-4-6", requires="anthropic", extra="providers"),
+    "openai": ProviderInfo("agentwire.providers.openai:OpenAIProvider", "OPENAI_API_KEY", "gpt-4.1-mini",
+                           requires="openai", extra="providers"),
+    "gemini": ProviderInfo("agentwire.providers.gemini:GeminiProvider", "GEMINI_API_KEY", "gemini-2.5-flash",
+                           requires="google-genai", extra="providers"),
 }
 
 
-def check_provider(name: str) -> ProviderInfo:
-    """Refuse, at session creation, a provider that is unknown or has no key (422 naming the variable)."""
+def check_provider(name: str, options: JSON | None = None) -> ProviderInfo:
+    """Refuse, at session creation, a provider that is unknown or cannot run here (422 naming what is
+    missing: the Python package, the key variable, the agent CLI's binary or credentials). `options`:
+    what it would be made with (`ProviderInfo.check`). `GET /api/agents` lists the same reasons."""
     info = PROVIDERS.get(name)
     if info is None:
         raise AgentwireError(
             f"unknown provider {name!r}; choose one of {', '.join(sorted(PROVIDERS))}",
             code="unknown_provider", status=422, field="provider",
         )
-    if info.requires is not None and importlib.util.find_spec(info.requires) is None:
+    if info.requires is not None and package_version(info.requires) is None:
         raise AgentwireError(
             f"provider {name!r} needs the Python package {info.requires.replace('_', '-')}: "
-            f"pip install 'agentwire[{name}]'", code="provider_unavailable", status=422, field="provider",
+            f"pip install 'agentwire[{info.extra or name}]'", code="provider_unavailable", status=422,
+            field="provider",
         )
     if info.key_env is not None and not _key_present(name, info.key_env):
         raise AgentwireError(
             f"provider {name!r} needs an API key: set {info.key_env}",
             code="missing_api_key", status=422, field="provider",
         )
+    if info.check is not None and (missing := _load(info.check)(name, options or {})):
+        raise AgentwireError(missing, code="provider_unavailable", status=422, field="provider")
     return info
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of a Python package (pip's name), or None when it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _load(target: str) -> Any:
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def _key_present(name: str, key_env: str) -> bool:
@@ -228,9 +260,7 @@ def _key_present(name: str, key_env: str) -> bool:
 
 
 def make_provider(name: str, model: str | None, options: JSON) -> Provider:
-    info = check_provider(name)
-    module_name, class_name = info.target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    provider: Provider = cls(model or info.default_model, options)
+    info = check_provider(name, options)
+    provider: Provider = _load(info.target)(model or info.default_model, options)
     return provider
 

@@ -1,5 +1,6 @@
 """What the SDK providers (anthropic, openai, gemini) share: block numbering, the 429 retry loop,
-tool dispatch, error text and a small price table. No SDK is imported here.
+tool dispatch, error text and a small price table; block numbering and `ModelWait` serve the agent
+CLIs' mappings too. No SDK is imported here.
 
 Contracts the providers keep (and the console runtime may rely on):
 - Text and thinking blocks are numbered from 0 across the whole turn (every model request of the
@@ -18,6 +19,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -79,6 +81,27 @@ class Blocks:
     async def close_all(self) -> None:
         for key in sorted(self._open, key=lambda k: self._open[k].index):
             await self.close(key)
+
+
+class ModelWait:
+    """An agent that runs its own loop (an agent CLI) is waiting for its model whenever no tool runs:
+    `io.llm_call()` held open from `begin()` to `end()`, across the lines that say so. Both are
+    idempotent."""
+
+    def __init__(self, io: TurnIO) -> None:
+        self._io = io
+        self._call: AsyncExitStack | None = None
+
+    async def begin(self) -> None:
+        if self._call is None:
+            stack = AsyncExitStack()
+            await stack.enter_async_context(self._io.llm_call())
+            self._call = stack
+
+    async def end(self) -> None:
+        stack, self._call = self._call, None
+        if stack is not None:
+            await stack.aclose()
 
 
 # -- options -----------------------------------------------------------------------------------------

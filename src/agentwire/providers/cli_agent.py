@@ -9,10 +9,11 @@ checks it is alive, and `run()` uses that process if it is still alive (the quic
 The real `claude -p` gives up after ~3 s without input (for Claude Code, use the `claude` provider): a
 warm process that serves nothing is replaced by a new one for the same turn.
 
-Lines that are not JSON objects, or of an unknown type, are skipped and counted (`malformed_lines` in
-the usage); if the process then ends without a `result`, the error says so. A process that exits
-without a `result` fails the turn with its exit code and the last lines of its stderr; a command that
-cannot be started fails it with "cannot start cli agent: …".
+The child is a `process.AgentProcess` and `jsonl_agent.follow` reads it to the end of the turn, as for
+Codex and Gemini CLI: lines that are not JSON objects, or of a type Claude Code does not send, are
+skipped and counted (`malformed_lines` in the usage); a process that exits without a `result` fails the
+turn with its exit code, the skipped lines and the last lines of its stderr; a command that cannot be
+started fails it with "cannot start cli agent: …".
 
 Every child carries a tag in its environment (`process.py`). Cancel: SIGINT to the child (Claude Code
 then stops its tools and exits), then SIGTERM/SIGKILL to every process with the tag — also the tools
@@ -29,7 +30,6 @@ started without a system prompt, so a session with one starts a fresh process fo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -37,7 +37,8 @@ import os
 import orjson
 
 from agentwire.providers import ProviderError, TurnIO
-from agentwire.providers.process import LINE_LIMIT, AgentProcess
+from agentwire.providers.jsonl_agent import NotResumed, follow
+from agentwire.providers.process import AgentProcess
 from agentwire.providers.stream_json import StreamJsonTurn
 from agentwire.types import JSON
 
@@ -46,8 +47,6 @@ log = logging.getLogger("agentwire.providers.cli")
 DEFAULT_COMMAND = ("claude", "-p", "--output-format", "stream-json", "--include-partial-messages", "--verbose")
 AGENT_NAME = "cli"  # its name in the session's agent record
 LABEL = "cli agent"  # in error messages
-AFTER_RESULT = 5.0  # seconds a child may take to exit after its `result` line
-AFTER_EOF = 10.0  # seconds a child may take to exit after closing its stdout without a result
 WARM_CHECK = 0.05  # seconds `warm()` watches a new child for an immediate exit
 _MODEL_PLACEHOLDER = "cli"  # the registry's default model name for this provider: pass no --model
 
@@ -74,13 +73,12 @@ class CliProvider:
             return
         child = await AgentProcess.start(self._base_args(), self.cwd, label=LABEL)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(child.exited(), WARM_CHECK)
+            await child.exited(WARM_CHECK)
         except BaseException:  # cancelled (e.g. the pool closing while it fills): leave nothing running
             await child.stop()
             raise
         if not child.alive:
-            message = child.died_message("exited while warming up")
+            message = child.failure("while warming up")
             await child.stop()
             raise ProviderError(message)
         self._warm = child
@@ -96,7 +94,7 @@ class CliProvider:
         resume = record.get("resume_id") if isinstance(record.get("resume_id"), str) else None
         try:
             await self._run_once(io, resume, float(record.get("cost_usd_total") or 0.0))
-        except _ResumeFailed as failed:
+        except NotResumed as failed:
             log.info("cli agent could not resume session %s (%s); starting a fresh one", resume, failed)
             await self._run_once(io, None, 0.0)
 
@@ -106,22 +104,27 @@ class CliProvider:
             args += ["--append-system-prompt", io.system]
         if resume is not None:
             args += ["--resume", resume]
-        child = await self._take_warm(args, io.cwd)
-        warm = child is not None
-        if child is None:
-            child = await AgentProcess.start(args, io.cwd, label=LABEL)
-        conversation = _Conversation(child, io, cost_before)
+        turn = StreamJsonTurn(io, AGENT_NAME, LABEL, cost_before=cost_before)
         try:
-            await conversation.run()
-        except ProviderError as exc:
-            if warm and conversation.lines == 0:
+            await turn.start()
+            child = await self._take_warm(args, io.cwd)
+            warm = child is not None
+            if child is None:
+                child = await AgentProcess.start(args, io.cwd, label=LABEL)
+            lines = _StreamJsonLines(turn, child)
+            child.send(io.message)
+            try:
+                await follow(io, child, lines, resuming=resume is not None)
+                return
+            except ProviderError as exc:
+                if not warm or lines.lines:
+                    raise
                 # It had given up waiting as we took it (`claude -p`: after ~3 s without input).
                 log.info("warm cli agent %s served nothing (%s); starting another", child.pid, exc)
-                await self._run_once(io, resume, cost_before)
-                return
-            if resume is not None and not conversation.turn.init:  # it failed before the session started
-                raise _ResumeFailed(str(exc)) from exc
-            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await turn.stop()  # no model call stays open, however the turn ended
+        await self._run_once(io, resume, cost_before)
 
     async def _take_warm(self, args: list[str], cwd: str) -> AgentProcess | None:
         child, self._warm = self._warm, None
@@ -135,115 +138,32 @@ class CliProvider:
         return None
 
 
-class _ResumeFailed(Exception):
-    pass
+class _StreamJsonLines:
+    """The stream-json mapping as `jsonl_agent.follow` drives it: the turn ends with the `result` line,
+    the session has started with `system/init`, and a line of a type Claude Code does not send is
+    skipped like one that is not JSON."""
 
+    error = None  # an error `result` fails the turn from `end()` (`StreamJsonTurn.complete`)
 
-class _Conversation:
-    """Feeds one prompt to one child and hands its stream-json lines to the shared mapping."""
-
-    def __init__(self, child: AgentProcess, io: TurnIO, cost_before: float) -> None:
+    def __init__(self, turn: StreamJsonTurn, child: AgentProcess) -> None:
+        self.turn = turn
         self.child = child
-        self.io = io
-        self.turn = StreamJsonTurn(io, AGENT_NAME, LABEL, cost_before=cost_before)
-        self.lines = 0  # JSON lines understood
-        self.malformed = 0
-        self.malformed_samples: list[str] = []
+        self.lines = 0
 
-    async def run(self) -> None:
-        writer = asyncio.create_task(self._write_prompt(), name=f"cli stdin {self.child.pid}")
-        try:
-            await self.turn.start()
-            await self._read()
-            await self._finish()
-        except BaseException:
-            writer.cancel()
-            await self.child.stop()
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                await self.turn.stop()
-            writer.cancel()
-            await asyncio.wait({writer})
+    @property
+    def finished(self) -> bool:
+        return self.turn.result is not None
 
-    async def _write_prompt(self) -> None:
-        stdin = self.child.proc.stdin
-        assert stdin is not None
-        try:
-            stdin.write(self.io.message.encode())
-            await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the child is gone: its exit code and stderr tell why
-        finally:
-            self.child.close_stdin()
+    @property
+    def started(self) -> bool:
+        return bool(self.turn.init)
 
-    async def _read(self) -> None:
-        stdout = self.child.proc.stdout
-        assert stdout is not None
-        while True:
-            try:
-                raw = await stdout.readline()
-            except ValueError:
-                self._bad(f"<a line over {LINE_LIMIT} bytes>")
-                continue
-            if not raw:
-                return
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                self._bad(line.decode(errors="replace"))
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("type"), str) or not await self.turn.handle(obj):
-                self._bad(line.decode(errors="replace"))
-                continue
+    async def handle(self, line: JSON) -> None:
+        if await self.turn.handle(line):
             self.lines += 1
-            if self.turn.result is not None:
-                return
+        else:
+            self.child.skip(orjson.dumps(line).decode())
 
-    def _bad(self, line: str) -> None:
-        self.malformed += 1
-        if len(self.malformed_samples) < 3:
-            self.malformed_samples.append(line[:200])
-        log.log(logging.WARNING if self.malformed <= 3 else logging.DEBUG,
-                "cli agent %s: skipped a malformed output line: %.200s", self.child.pid, line)
-        self.io.usage.extra["malformed_lines"] = self.malformed
-
-    async def _finish(self) -> None:
-        child = self.child
-        stdout = child.proc.stdout
-        assert stdout is not None
-        if self.turn.result is not None:
-            # Done: let it exit on its own (reading whatever else it prints), else stop it.
-            try:
-                await asyncio.wait_for(self._drain_and_exit(stdout), AFTER_RESULT)
-            except TimeoutError:
-                log.info("cli agent %s did not exit after its result; stopping it", child.pid)
-            await child.stop()
+    async def end(self) -> None:
+        if self.finished:
             await self.turn.complete()
-            return
-        try:
-            await asyncio.wait_for(child.exited(), AFTER_EOF)
-        except TimeoutError:
-            await child.stop()
-            raise ProviderError(child.died_message("closed its output without a result line")) from None
-        await child.stderr_settled()
-        await child.stop()
-        what = "before finishing the turn"
-        if self.malformed:
-            what += (f"; {self.malformed} malformed output line(s) skipped, first: "
-                     f"{self.malformed_samples[0][:120]!r}")
-        elif self.lines == 0:
-            what += "; it printed no stream-json output"
-        raise ProviderError(child.died_message(what))
-
-    async def _drain_and_exit(self, stdout: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                if not await stdout.readline():
-                    break
-            except ValueError:
-                continue
-        await self.child.exited()

@@ -25,13 +25,13 @@ the conversation: an LLM call is outstanding (`io.llm_call()`) whenever no tool 
 from __future__ import annotations
 
 import logging
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import orjson
 
 from agentwire.providers import ProviderError, TurnIO
+from agentwire.providers._llm import ModelWait
 from agentwire.providers.todos import TODO_TOOLS, TodoList
 from agentwire.types import JSON
 
@@ -82,12 +82,12 @@ class StreamJsonTurn:
         self._calls: dict[str, _Call] = {}  # every tool call shown
         self._running: set[str] = set()  # outstanding tool calls
         self._seen: set[tuple[str, str, str]] = set()  # (message id, kind, text) of completed blocks
-        self._llm: AsyncExitStack | None = None
+        self._model = ModelWait(io)  # an LLM call is outstanding whenever no tool call is
         self._rate_limited = False
 
     async def start(self) -> None:
         """The prompt is on its way: the agent is waiting for its model."""
-        await self._open_llm()
+        await self._model.begin()
 
     async def handle(self, obj: JSON) -> bool:
         """Map one message; False if its type is not one Claude Code sends."""
@@ -110,13 +110,13 @@ class StreamJsonTurn:
 
     async def stop(self) -> None:
         """The turn ends without `complete()` (cancelled, or the agent died): no LLM call is open."""
-        await self._close_llm()
+        await self._model.end()
 
     async def complete(self) -> None:
         """The turn is over (its `result` came, or the agent stopped): close what is open, report
         usage and what the agent keeps, and fail the turn if the agent says it failed."""
         await self._flush_blocks()
-        await self._close_llm()
+        await self._model.end()
         result = self.result
         if result is None:
             return
@@ -268,7 +268,7 @@ class StreamJsonTurn:
         tool_input = tool_input if isinstance(tool_input, dict) else {"input": tool_input}
         self._calls[call_id] = _Call(name, tool_input)
         if not self._running:
-            await self._close_llm()
+            await self._model.end()
         self._running.add(call_id)
         if parent is None:
             await self.io.tool_call(call_id, name, tool_input)
@@ -290,7 +290,7 @@ class StreamJsonTurn:
                     self.todos.apply(call.name, call.input, output, is_error, obj.get("tool_use_result")):
                 await self.io.todos([dict(item) for item in self.todos.items])
             if not self._running and self.result is None:
-                await self._open_llm()
+                await self._model.begin()
 
     # blocks
 
@@ -338,16 +338,6 @@ class StreamJsonTurn:
                 if not block.done:
                     await self._done(block, block.text)
 
-    async def _open_llm(self) -> None:
-        if self._llm is None:
-            stack = AsyncExitStack()
-            await stack.enter_async_context(self.io.llm_call())
-            self._llm = stack
-
-    async def _close_llm(self) -> None:
-        stack, self._llm = self._llm, None
-        if stack is not None:
-            await stack.aclose()
 
 
 def tool_output(content: Any) -> str:

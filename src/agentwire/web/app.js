@@ -1,5 +1,6 @@
 // Wiring: the connection manager, the sessions list, the console, the board, the status indicator.
 
+import { fillAgentChoices, showApproval, takesApproval } from './agents.js';
 import * as api from './api.js';
 import { BoardView } from './board.js';
 import { ConsoleView } from './console.js';
@@ -16,7 +17,7 @@ const els = {
   views: { console: $('#view-console'), board: $('#view-board') },
   sessions: $('#session-list'), newSessionButton: $('#new-session-btn'), newSession: $('#new-session'),
   sessionsToggle: $('#sessions-toggle'), sessionName: $('#session-name'), sessionModel: $('#session-model'),
-  sessionAgent: $('#session-agent'),
+  sessionAgent: $('#session-agent'), sessionApproval: $('#session-approval'),
   agentState: $('#agent-state'), composer: $('#composer'), input: $('#input'), send: $('#send'),
   cancel: $('#cancel'), quickForm: $('#quick-form'), quickInput: $('#quick-input'), quickSend: $('#quick-send'),
   toasts: $('#toasts'),
@@ -172,6 +173,7 @@ function updateHeader() {
     .filter(Boolean).join(' · ');
   els.sessionAgent.textContent = consoleView.agentLine;
   els.sessionAgent.title = consoleView.fold.agent.resume_id ? `session ${consoleView.fold.agent.resume_id}` : '';
+  showApproval(els.sessionApproval, consoleView.fold.agent);
   const state = consoleView.fold.state.agent_state || 'idle';
   els.agentState.textContent = consoleView.agentState;
   els.agentState.dataset.state = state;
@@ -202,10 +204,25 @@ document.addEventListener('keydown', (event) => {
   if (consoleView.answerFirst(shortcut)) event.preventDefault();
 });
 
-els.newSessionButton.addEventListener('click', () => {
+let agentListing = null;
+
+function showApprovalChoice() {
+  const form = els.newSession.elements;
+  form.approval.hidden = !agentListing || !takesApproval(agentListing, form.provider.value);
+}
+
+els.newSessionButton.addEventListener('click', async () => {
   els.newSession.hidden = !els.newSession.hidden;
-  if (!els.newSession.hidden) els.newSession.elements.name.focus();
+  if (els.newSession.hidden) return;
+  els.newSession.elements.name.focus();
+  try {
+    agentListing = await fillAgentChoices(els.newSession.elements.provider);
+  } catch (error) {
+    toast(`Could not list the agents: ${error.message}`, 'error');
+  }
+  showApprovalChoice();
 });
+els.newSession.elements.provider.addEventListener('change', showApprovalChoice);
 els.newSession.addEventListener('submit', async (event) => {
   event.preventDefault();
   const form = els.newSession.elements;
@@ -221,6 +238,7 @@ els.newSession.addEventListener('submit', async (event) => {
       return;
     }
   }
+  if (!form.approval.hidden && form.approval.value) body.options = { ...body.options, approval: form.approval.value };
   try {
     const created = await api.post('/api/konsole', body);
     els.newSession.reset();

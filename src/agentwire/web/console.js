@@ -146,11 +146,12 @@ export class ConsoleView extends EventTarget {
     return tools.length && state.agent_state === 'running_tool' ? `running ${tools.join(', ')}` : label;
   }
 
-  // What runs the session's turns, from its latest agent.info: "Claude Code 2.1.3 · model · cwd".
+  // What runs the session's turns, from its main lane's latest agent.info: "Claude Code 2.1.3 · model ·
+  // cwd". The CLI agents' records carry their label; Claude Code's is named here.
   get agentLine() {
     const agent = this.fold.agent || {};
     if (!agent.name) return '';
-    const name = [AGENT_NAMES[agent.name] || agent.name, agent.version].filter(Boolean).join(' ');
+    const name = [agent.label || AGENT_NAMES[agent.name] || agent.name, agent.version].filter(Boolean).join(' ');
     return [name, agent.model, agent.cwd].filter(Boolean).join(' · ');
   }
 

@@ -27,7 +27,7 @@ export class Transcript {
     this.blocks = new Map();
     this.tools = new Map();
     this.todoEntries = new Map();
-    this.agent = {}; // the latest agent.info: what runs this session's turns (shown in the header)
+    this.agent = {}; // the main lane's agent record (`agent.info`): what runs this session's turns
     // Tool-permission requests by id (their entries: status pending, allowed, denied, or ended when
     // the turn ended unanswered), and the rules "always allow" made.
     this.permissions = new Map();
@@ -146,12 +146,13 @@ export class Transcript {
       entry.seq = seq;
       return { entry, added };
     }
-    if (kind === 'state') {
-      this.state = { ...pick(data, STATE_FIELDS), turn, lane };
+    if (kind === 'agent.info') {
+      if (lane !== 'main') return null; // a quick turn's agent has a context of its own
+      this.agent = { ...data };
       return { stateChanged: true };
     }
-    if (kind === 'agent.info') {
-      this.agent = { ...data };
+    if (kind === 'state') {
+      this.state = { ...pick(data, STATE_FIELDS), turn, lane };
       return { stateChanged: true };
     }
     if (TERMINAL.has(kind)) {
