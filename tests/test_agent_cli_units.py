@@ -167,7 +167,9 @@ def test_codex_overrides_are_toml_that_survives_any_text() -> None:
     assert parsed == {"mcp_servers.board.command": "/opt/x y/python",
                       "mcp_servers.board.args": ["-m", 'say "hi"\\', "naïve 🚀\x7f"],
                       "mcp_servers.board.required": True, "mcp_servers.board.default_tools_approval_mode": "approve",
-                      "mcp_servers.board.env": {"TOKEN": "a\nb"}}
+                      "mcp_servers.board.env_vars": ["TOKEN"]}
+    assert "a\nb" not in " ".join(args)  # the value travels in Codex's environment, not on its command line
+    assert agent_mcp.codex_environment(server) == {"TOKEN": "a\nb"} and agent_mcp.codex_environment(None) == {}
 
 
 def test_gemini_settings_keep_the_machine_defaults_and_go_away(tmp_path: Path,

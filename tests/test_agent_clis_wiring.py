@@ -118,6 +118,30 @@ def test_the_cli_starts_the_mcp_server_it_is_given_and_calls_it(
     assert list(agent_cache.glob("agentwire/*")) == []  # Gemini's settings file is gone after the run
 
 
+@pytest.mark.parametrize("agent", AGENTS)
+def test_the_cli_publishes_a_card_of_its_session_through_agentwire_mcp(
+        agent_home: AgentHome, agent_cache: Path, agent: str, tmp_path: Path) -> None:
+    """The real board server (`agentwire mcp`, as `board_server` names it), behind a token."""
+    tool = {"codex": "mcp__agentwire/task_create", "gemini-cli": "mcp_agentwire_task_create"}[agent]
+    card = {"title": "Tests are green", "output": "<p>All <b>12</b> pass<script>alert(1)</script></p>",
+            "choices": [{"label": "Ship", "value": "Ship it"}]}
+    agent_home.llm.enqueue(fake.tool_call(tool, card), fake.text("Published."), provider=FAKE[agent])
+    auth = {"authorization": "Bearer mcp-wiring-token"}
+    with running_app(config(no_auth=False, token="mcp-wiring-token")) as (url, _):
+        create_session(url, "s", headers=auth, provider=agent, model=MODEL[agent],
+                       options={"cwd": str(tmp_path), "approval": "read-only"})
+        events = run_turn(url, "s", "Publish the result", headers=auth)
+        assert events[-1]["type"] == "turn.completed", events[-1]
+        result = next(e["data"] for e in events if e["type"] == "tool.result")
+        assert result["is_error"] is False, result
+        (task,) = httpx.get(f"{url}/api/tasks", headers=auth, timeout=10).json()["tasks"]
+    assert (task["title"], task["session"], task["createdBy"]) == ("Tests are green", "s", agent)
+    assert task["context"]["output"] == "<p>All <b>12</b> pass</p>"
+    assert task["context"]["choices"] == [{"label": "Ship", "value": "Ship it", "primary": False}]
+    assert task["id"] in result["output"]
+    assert list(agent_cache.glob("agentwire/*")) == []
+
+
 def test_agents_are_listed_with_version_and_availability(agent_home: AgentHome, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     with monkeypatch.context() as patch, running_app(config(codex_bin=None, gemini_bin=str(ROOT / "no-gemini"))) as (

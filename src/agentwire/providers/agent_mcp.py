@@ -1,10 +1,11 @@
 """A stdio MCP server for the agent CLIs, added for one run without touching the user's configuration.
 
-`board_server(io)` is the server agentwire gives every Codex and Gemini CLI turn: its board tools
-(`agentwire mcp`, issue 11) once that command exists; until then None, and nothing is added. Wiring it
-in is one line there. What each CLI is told:
+`board_server(io)` is the server agentwire gives every Codex and Gemini CLI turn: its board tools,
+`agentwire mcp` for the turn's session (`TurnIO.mcp_command`: the command, and the server's URL and
+token in its environment). What each CLI is told:
 
-- Codex: `-c mcp_servers.<name>.…` overrides (`command`, `args`, `env`), `required = true` so Codex
+- Codex: `-c mcp_servers.<name>.…` overrides (`command`, `args`, `env_vars`: the names of the server's
+  variables, whose values Codex's own environment carries), `required = true` so Codex
   waits for the server before its first model call (without it, a server that takes a second to start
   — any Python one — is missing from that call's tools), and `default_tools_approval_mode = "approve"`,
   since our own tools never ask for permission (without it a read-only run refuses them: "MCP tool call
@@ -41,17 +42,26 @@ class McpServer:
 
 
 def board_server(io: TurnIO) -> McpServer | None:
-    """The MCP server an agent CLI gets for this turn (agentwire's board tools), or None."""
-    return None
+    """The MCP server an agent CLI gets for this turn: agentwire's board tools (`agentwire mcp`), its
+    cards in the turn's session, `createdBy` the provider's name."""
+    return McpServer(NAME, *io.mcp_command())
 
 
 def codex_overrides(server: McpServer) -> list[str]:
+    """The server's `env` goes by name only (`env_vars`: Codex hands the server those variables of its
+    own environment, `codex_environment`): a value on Codex's command line, like the server's token,
+    would be readable by every user of the machine in `ps`."""
     key = f"mcp_servers.{server.name}"
     values = {"command": toml(server.command[0]), "args": toml(server.command[1:]), "required": "true",
               "default_tools_approval_mode": toml("approve")}
     if server.env:
-        values["env"] = "{" + ", ".join(f"{toml(k)} = {toml(v)}" for k, v in server.env.items()) + "}"
+        values["env_vars"] = toml(sorted(server.env))
     return [part for name, value in values.items() for part in ("-c", f"{key}.{name}={value}")]
+
+
+def codex_environment(server: McpServer | None) -> dict[str, str]:
+    """What Codex's own environment adds for `server` (the values `codex_overrides` names)."""
+    return dict(server.env) if server is not None else {}
 
 
 def toml(value: str | list[str]) -> str:

@@ -33,6 +33,7 @@ Mapping of its JSON lines:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tomllib
 
@@ -70,6 +71,9 @@ class CodexProvider(CliAgentProvider):
 
     def mapping(self, io: TurnIO, record: JSON) -> CodexMapping:
         return CodexMapping(io, record)
+
+    def environment(self, io: TurnIO) -> contextlib.AbstractContextManager[dict[str, str]]:
+        return contextlib.nullcontext(agent_mcp.codex_environment(agent_mcp.board_server(io)))
 
 
 def configured_model() -> str | None:
