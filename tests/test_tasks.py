@@ -144,6 +144,18 @@ def test_patch_changes_fields_and_says_which(server: Served) -> None:
     assert server.http.get("/api/tasks/p1").json() == merged
 
 
+def test_a_null_context_empties_it_and_the_card_takes_a_context_again(server: Served) -> None:
+    """(A fuzzed PATCH found it: `context: null` left the card with no object to merge the next into.)"""
+    server.http.post("/api/tasks", json={"id": "c0", "title": "t", "session": "s",
+                                         "context": {"choices": [{"label": "A", "value": "a"}]}}).raise_for_status()
+    emptied = server.http.patch("/api/tasks/c0", json={"context": None})
+    assert emptied.status_code == 200 and emptied.json()["context"] == {}
+    again = server.http.patch("/api/tasks/c0", json={"context": {"output": "<b>back</b>"}})
+    assert again.status_code == 200 and again.json()["context"] == {"output": "<b>back</b>", "choices": []}
+    refused = server.http.post("/api/tasks/c0/choose", json={"value": "a"})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_choice"
+
+
 def test_delete_removes_the_card_and_emits_task_deleted(server: Served) -> None:
     server.http.post("/api/tasks", json={"id": "d1", "title": "bye"}).raise_for_status()
     with server.stream("/api/stream/tasks") as stream:

@@ -168,9 +168,9 @@ class Board:
                                    else TaskPatch.model_validate(patch).model_dump(exclude_unset=True))
         changed = []
         for name, value in changes.items():
-            if name == "context" and value is not None:
-                merged = {**task.get("context", {}), **_clean_context(TaskContext.model_validate(value))}
-                value = merged
+            if name == "context":  # merged into the card's; null empties it (a card's context is an object)
+                value = {} if value is None else {**(task.get("context") or {}),
+                                                  **_clean_context(TaskContext.model_validate(value))}
             if task.get(name) != value:
                 task[name] = value
                 changed.append(name)
@@ -187,7 +187,7 @@ class Board:
 
     async def choose(self, task_id: str, value: str) -> JSON:
         task = await self.get(task_id)
-        choices = task.get("context", {}).get("choices", [])
+        choices = (task.get("context") or {}).get("choices", [])
         if value not in [choice["value"] for choice in choices]:
             raise AgentwireError("value is not one of this task's choices", code="unknown_choice",
                                  status=422, field="value")
@@ -198,7 +198,7 @@ class Board:
         if self.on_choose is None:
             raise AgentwireError("no console runs on this server", code="no_console", status=409)
         turn = await self.on_choose(session, value)
-        context = {**task.get("context", {}), "chosen": value}
+        context = {**(task.get("context") or {}), "chosen": value}
         task = await self.update(task_id, {"context": context})
         return {"task": task, "turn": turn}
 
