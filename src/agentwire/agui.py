@@ -74,7 +74,7 @@ from agentwire.views import (
     POSITION_SCHEMA,
     Position,
     TurnTranslator,
-    ViewOutbox,
+    ViewFramer,
     sse_response,
     turn_at,
     turn_view,
@@ -250,7 +250,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
             if at.complete:
                 return Response(status_code=204)
             turn_id, first_seq = at.turn.id, at.turn.started_seq
-        outbox = ViewOutbox(AguiRun(thread, body.run_id, body.state), "agui", console.hub.buffer_limit, position)
-        return await turn_view(request, console, thread, turn_id, first_seq, outbox, {})
+        framer = ViewFramer(AguiRun(thread, body.run_id, body.state), "agui", position)
+        return await turn_view(request, console, thread, turn_id, first_seq, framer, {})
 
     return api

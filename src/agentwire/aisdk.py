@@ -42,7 +42,7 @@ from agentwire.views import (
     POSITION_SCHEMA,
     Position,
     TurnTranslator,
-    ViewOutbox,
+    ViewFramer,
     sse_response,
     turn_at,
     turn_view,
@@ -196,8 +196,8 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
         turn = await console.submit(session, text, "main", "queue",
                                     origin={"protocol": "ai-sdk", "message_id": message_id})
         assert turn.first_event is not None
-        outbox = ViewOutbox(UiMessageStream(), "aisdk", console.hub.buffer_limit, None)
-        return await turn_view(request, console, session, turn.id, turn.first_event.seq, outbox, HEADERS)
+        framer = ViewFramer(UiMessageStream(), "aisdk", None)
+        return await turn_view(request, console, session, turn.id, turn.first_event.seq, framer, HEADERS)
 
     @api.get("/{id}/stream", responses={
         **sse_response(STREAM_DOC + ", replayed from the turn's start"),
@@ -223,7 +223,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
             if not waiting:
                 return Response(status_code=204)
             turn, first_seq = waiting[0].id, waiting[0].started_seq
-        outbox = ViewOutbox(UiMessageStream(), "aisdk", console.hub.buffer_limit, position)
-        return await turn_view(request, console, id, turn, first_seq, outbox, HEADERS)
+        framer = ViewFramer(UiMessageStream(), "aisdk", position)
+        return await turn_view(request, console, id, turn, first_seq, framer, HEADERS)
 
     return api

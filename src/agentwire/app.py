@@ -139,7 +139,7 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
              responses={**stream_responses(), **errors(400)})
     async def stream_tasks(request: Request) -> Response:
         c = ctx(request)
-        return await stream_response(request, c.hub, TASKS_STREAM, heartbeat=c.config.heartbeat,
+        return await stream_response(request, c.hub, TASKS_STREAM,
                                      retry_ms=c.config.retry_ms, default_at_head=True)
 
     @app.get("/healthz", tags=["ops"], responses={

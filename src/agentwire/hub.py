@@ -25,45 +25,108 @@ REPLAY_PAGE = 1000
 DEFAULT_BUFFER = 1 << 20
 
 
-class Outbox:
-    """A connection's outgoing buffer: bounded bytes, one wake-up for the writer, two ways to end.
+class Sink(Protocol):
+    """A connection the app may write to directly, without a writer task or the ASGI send chain
+    (agentwire's own uvicorn protocols offer one: `server.py`)."""
 
-    `put` never waits; past the limit the outbox aborts with reason "slow" and drops what it held.
-    `finish` ends it after the writer has sent what is queued; `abort` ends it now.
-    Transports subclass it to say how an event and a control message are framed.
+    def write(self, data: bytes) -> None:
+        """Queue `data` on the socket now (the transport sends what it can at once)."""
+        ...
+
+    def buffered(self) -> int:
+        """Bytes the connection holds that the client has not taken yet."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until the connection's buffer is below its low-water mark (or it is gone)."""
+        ...
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once when the client is gone (at once if it already is)."""
+        ...
+
+
+class Framer(Protocol):
+    """How a transport frames what a subscription delivers; each transport owns its framing, and
+    agentwire's own transports build an event's frame once and share it between subscribers."""
+
+    transport: str  # the metrics label
+
+    def event(self, event: Event) -> bytes: ...
+
+    def events(self, events: Sequence[Event]) -> bytes:
+        """A replayed page in one piece (read back from the journal, seen once: no caching needed)."""
+        ...
+
+    def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
+        """`stream.open`/`stream.reset`: not journaled, framed per subscription."""
+        ...
+
+
+class Flusher:
+    """Writes every outbox that has a `Sink` once per loop tick: one callback for all of them, so
+    a delivery to a thousand subscribers wakes no task at all (the events of a tick go out in one
+    write per connection)."""
+
+    def __init__(self) -> None:
+        self._pending: list[Outbox] = []
+        self._handle: asyncio.Handle | None = None
+
+    def add(self, outbox: Outbox) -> None:
+        self._pending.append(outbox)
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._handle = None
+        pending, self._pending = self._pending, []
+        for outbox in pending:
+            outbox.flush()
+
+
+class Outbox:
+    """A connection's outgoing bytes: a bounded queue, one way in (`put`), ended two ways.
+
+    Drained either by the connection's writer (`take`), or, once a `Sink` is attached, by a
+    `Flusher` that writes it straight to the socket at the end of the loop tick. `put` never waits:
+    past the limit (bytes queued here plus bytes the sink still holds) the outbox aborts with
+    reason "slow" and drops what it held. `finish` ends it once what is queued has been written;
+    `abort` ends it now, and calls `on_abort` once (a transport stops its writer there, which may
+    be blocked sending to a client that stopped reading).
     """
 
-    transport = "none"
-    # What the hub's heartbeat puts into an idle outbox (a comment for SSE); None: no heartbeat.
-    ping: bytes | None = None
+    __slots__ = (
+        "_chunks",
+        "_ended",
+        "_flusher",
+        "_paced",
+        "_sink",
+        "_size",
+        "_space",
+        "_waiter",
+        "active_at",
+        "finished",
+        "limit",
+        "on_abort",
+        "reason",
+    )
 
     def __init__(self, limit: int = DEFAULT_BUFFER) -> None:
         self.limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
-        # A bare future for the writer's wake-up, and Events made only when someone waits on them:
-        # an asyncio.Event carries a deque, and thousands of idle connections each hold an outbox.
+        self._paced = True  # everything queued since the last drain came from replay
+        # Futures and Events made only when someone waits on them: thousands of idle connections
+        # each hold an outbox, and an asyncio.Event carries a deque.
         self._waiter: asyncio.Future[None] | None = None
         self._space: asyncio.Event | None = None
-        self._aborted: asyncio.Event | None = None
+        self._ended: asyncio.Future[None] | None = None
         self.reason: str | None = None
         self.finished = False
-        self.on_slow: Callable[[], None] | None = None
-        # Called once on abort: a transport cancels its writer here, which may be blocked sending to
-        # a client that stopped reading (no task per connection waits on `aborted` for that).
         self.on_abort: Callable[[], None] | None = None
-        self.active_at = time.monotonic()  # when the writer last took something
-
-    def encode(self, event: Event) -> bytes:
-        raise NotImplementedError
-
-    def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
-        raise NotImplementedError
-
-    def encode_many(self, events: Sequence[Event]) -> bytes:
-        """A replayed page in one piece (events read back from the journal are seen once, so a
-        transport may frame them without caching)."""
-        return b"".join([self.encode(event) for event in events])
+        self.active_at = time.monotonic()  # when something was last taken or written
+        self._sink: Sink | None = None
+        self._flusher: Flusher | None = None
 
     @property
     def closed(self) -> bool:
@@ -73,14 +136,16 @@ class Outbox:
     def size(self) -> int:
         return self._size
 
-    @property
-    def aborted(self) -> asyncio.Event:
-        """Set once the outbox is aborted (for transports that wait on it)."""
-        if self._aborted is None:
-            self._aborted = asyncio.Event()
-            if self.reason is not None:
-                self._aborted.set()
-        return self._aborted
+    def attach(self, sink: Sink, flusher: Flusher) -> None:
+        """Write to `sink` from now on, once per tick through `flusher`, instead of through `take`."""
+        self._sink = sink
+        self._flusher = flusher
+        if self._chunks:
+            flusher.add(self)
+        sink.on_lost(self._lost)
+
+    def _lost(self) -> None:
+        self.abort("closed")
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -88,30 +153,67 @@ class Outbox:
             waiter.set_result(None)
 
     def put(self, data: bytes, *, paced: bool = False) -> bool:
-        """Queue bytes for the writer. Over the limit, the subscriber is cut as slow, except when
-        nothing was queued (one event bigger than the whole limit must still reach a reader that
-        keeps up) or for `paced` data (replay, which waits for the writer before each slice and is
-        bounded that way; counting it would cut every reader of a backlog bigger than the limit)."""
-        if self.closed:
+        """Queue bytes. Over the limit, the subscriber is cut as slow, except when nothing was
+        pending (one event bigger than the whole limit must still reach a reader that keeps up) or
+        for `paced` data (replay, which waits for room before each slice and is bounded that way;
+        counting it would cut every reader of a backlog bigger than the limit)."""
+        if self.finished or self.reason is not None:
             return False
-        queued = self._size
+        sink = self._sink
+        pending = self._size if sink is None else self._size + sink.buffered()
+        first = not self._chunks
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > self.limit and queued and not paced:
-            if self.on_slow is not None:
-                self.on_slow()
-            self.abort("slow")
-            return False
-        self._wake()
+        if not paced:
+            self._paced = False
+            if pending and pending + len(data) > self.limit:
+                self.abort("slow")
+                return False
+        if sink is None:
+            self._wake()
+        elif first:
+            assert self._flusher is not None
+            self._flusher.add(self)
         return True
 
+    def flush(self) -> None:
+        """Write what is queued to the sink (the flusher calls this once per tick)."""
+        sink = self._sink
+        if sink is None or self.reason is not None:
+            return
+        chunks = self._chunks
+        if chunks:
+            self._chunks, self._size, self._paced = [], 0, True
+            sink.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self.active_at = time.monotonic()
+            if self._space is not None:
+                self._space.set()
+        if self.finished:
+            self._end()
+
     async def wait_space(self) -> None:
-        """For replay, which is pulled, not pushed: wait until the writer has drained half."""
-        while self._size > self.limit // 2 and not self.closed:
-            if self._space is None:
-                self._space = asyncio.Event()
-            self._space.clear()
-            await self._space.wait()
+        """For replay, which is pulled, not pushed: wait until at most half the limit is pending."""
+        half = self.limit // 2
+        while not self.closed:
+            sink = self._sink
+            if sink is None:
+                if self._size <= half:
+                    return
+                if self._space is None:
+                    self._space = asyncio.Event()
+                self._space.clear()
+                await self._space.wait()
+            else:
+                held = sink.buffered()
+                if self._size + held <= half:
+                    return
+                if held > half:
+                    await sink.drain()
+                    # Below the transport's low-water mark yet maybe still over a small limit.
+                    if sink.buffered() > half:
+                        await asyncio.sleep(0.005)
+                else:
+                    await asyncio.sleep(0)  # the flusher writes the queue out this tick
 
     async def take(self, timeout: float | None = None) -> list[bytes] | None:
         """Everything queued; [] if `timeout` passed with nothing; None once the outbox has ended."""
@@ -131,7 +233,7 @@ class Outbox:
                 self._waiter = None
         if self.reason is not None:
             return None
-        chunks, self._chunks, self._size = self._chunks, [], 0
+        chunks, self._chunks, self._size, self._paced = self._chunks, [], 0, True
         self.active_at = time.monotonic()
         if self._space is not None:
             self._space.set()
@@ -139,9 +241,27 @@ class Outbox:
             return None
         return chunks
 
+    async def ended(self) -> None:
+        """Wait until the outbox is aborted, or finished and written out (for a sink's connection)."""
+        if self.reason is not None or (self.finished and not self._chunks):
+            return
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._ended)
+
+    def _end(self) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
     def finish(self) -> None:
         self.finished = True
         self._wake()
+        if self._sink is not None:
+            if self._chunks:
+                assert self._flusher is not None
+                self._flusher.add(self)  # flush ends it once the queue is written
+            else:
+                self._end()
 
     def abort(self, reason: str) -> None:
         first = self.reason is None
@@ -152,8 +272,7 @@ class Outbox:
         if self._space is not None:
             self._space.set()
         if first:
-            if self._aborted is not None:
-                self._aborted.set()
+            self._end()
             if self.on_abort is not None:
                 self.on_abort()
 
@@ -170,12 +289,13 @@ EventTest = Callable[[Event], bool]
 
 
 class Subscription:
-    def __init__(self, hub: Hub, stream: str, outbox: Outbox, after: int, *,
+    def __init__(self, hub: Hub, stream: str, outbox: Outbox, framer: Framer, after: int, *,
                  only: EventTest | None = None, until: EventTest | None = None,
                  replay: Replay | None = None) -> None:
         self.hub = hub
         self.stream = stream
         self.outbox = outbox
+        self.framer = framer
         self.last_seq = after
         self.only = only
         self.until = until
@@ -184,7 +304,7 @@ class Subscription:
         self.closed = False
         self._task: asyncio.Task[None] | None = None
         # A plain tally, looked up once: see metrics.Tally.
-        self._delivered = hub.metrics.delivered(outbox.transport)
+        self._delivered = hub.metrics.delivered(framer.transport)
 
     def start(self) -> None:
         self._read_journal(self.replay)
@@ -201,12 +321,12 @@ class Subscription:
             return
         if event.seq != self.last_seq + 1:
             # The live path skipped something (a reader reconnected): the journal has it.
-            self.hub._detach(self)
+            self.hub.live.discard(self)
             self._read_journal(None)
             return
         self.last_seq = event.seq
         if self.only is None or self.only(event):
-            self.outbox.put(self.outbox.encode(event))
+            self.outbox.put(self.framer.event(event))
             self._delivered.value += 1
         if self.until is not None and self.until(event):
             self.outbox.finish()
@@ -235,7 +355,7 @@ class Subscription:
             if page and page[0].seq != self.last_seq + 1:
                 # Retention trimmed what this subscriber still needed while it was reading.
                 position = await journal.position(self.stream)
-                self.outbox.put(self.outbox.control(self.stream, "stream.reset", {
+                self.outbox.put(self.framer.control(self.stream, "stream.reset", {
                     "epoch": position.epoch, "head": position.head, "reason": "trimmed"}, position.head))
                 self.last_seq = position.head
                 continue
@@ -248,7 +368,8 @@ class Subscription:
             if not more and self.last_seq >= self.hub.dispatched.get(self.stream, 0):
                 if replay is not None and not self._deliver(replay.end()):
                     return
-                self.hub._attach(self)
+                if not self.closed:
+                    self.hub.live.add(self)
                 return
             # Yield even when the page came from a cache: a loop that never awaits freezes the worker.
             await asyncio.sleep(0)
@@ -272,14 +393,14 @@ class Subscription:
     def _deliver(self, events: Sequence[Event]) -> bool:
         if self.only is None and self.until is None:
             if events:
-                self.outbox.put(self.outbox.encode_many(events), paced=True)
+                self.outbox.put(self.framer.events(events), paced=True)
                 self._delivered.value += len(events)
             return True
         chunks = []
         finished = False
         for event in events:
             if self.only is None or self.only(event):
-                chunks.append(self.outbox.encode(event))
+                chunks.append(self.framer.event(event))
             if self.until is not None and self.until(event):
                 finished = True
                 break
@@ -296,9 +417,28 @@ class Subscription:
         if self.closed:
             return
         self.closed = True
-        self.hub._forget(self)
+        self.hub.forget(self)
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
+
+
+class LiveSet:
+    """The subscriptions that get each stream's events as they are passed on (caught up ones)."""
+
+    def __init__(self) -> None:
+        self.by_stream: dict[str, set[Subscription]] = {}
+
+    def add(self, subscription: Subscription) -> None:
+        subscription.live = True
+        self.by_stream.setdefault(subscription.stream, set()).add(subscription)
+
+    def discard(self, subscription: Subscription) -> None:
+        subscription.live = False
+        live = self.by_stream.get(subscription.stream)
+        if live is not None:
+            live.discard(subscription)
+            if not live:
+                del self.by_stream[subscription.stream]
 
 
 class Hub:
@@ -313,9 +453,13 @@ class Hub:
         # The last seq passed on per stream: a subscription may join live only once it has read
         # the journal at least this far, so nothing passed on before it joined can be missing.
         self.dispatched: dict[str, int] = {}
-        self._live: dict[str, set[Subscription]] = {}
+        self.live = LiveSet()
+        self._live = self.live.by_stream  # read per event by `_on_event`
         self._subscriptions: set[Subscription] = set()
-        self._outboxes: set[Outbox] = set()
+        # Registered connections' outboxes, with what the heartbeat puts into them when idle.
+        self._outboxes: dict[Outbox, bytes | None] = {}
+        # Writes every outbox that has a sink, once per loop tick.
+        self.flusher = Flusher()
         self._watching: dict[str, int] = {}
         # Every task the hub starts (catch-ups, the heartbeat, unwatching): `aclose` ends them all.
         self.tasks = TaskSet()
@@ -345,11 +489,11 @@ class Hub:
         self.metrics.events_appended.inc(len(events))
         return events
 
-    def register(self, outbox: Outbox) -> None:
-        """Track a connection's outbox so shutdown can end it and the heartbeat reaches it."""
-        self._outboxes.add(outbox)
-        outbox.on_slow = self.metrics.slow_disconnects.inc
-        if outbox.ping is not None and (self._pinger is None or self._pinger.done()):
+    def register(self, outbox: Outbox, ping: bytes | None = None) -> None:
+        """Track a connection's outbox so shutdown can end it and, with `ping` (the transport's
+        keep-alive message), the heartbeat reaches it."""
+        self._outboxes[outbox] = ping
+        if ping is not None and (self._pinger is None or self._pinger.done()):
             self._pinger = self.tasks.spawn(self._heartbeat(), name="heartbeat")
 
     async def _heartbeat(self) -> None:
@@ -358,15 +502,17 @@ class Hub:
         while self._outboxes:
             await asyncio.sleep(self.heartbeat / 4)
             idle_since = time.monotonic() - self.heartbeat
-            for outbox in tuple(self._outboxes):
-                if outbox.ping is not None and outbox.active_at <= idle_since and not outbox.size:
-                    outbox.put(outbox.ping)
+            for outbox, ping in tuple(self._outboxes.items()):
+                if ping is not None and outbox.active_at <= idle_since and not outbox.size:
+                    outbox.put(ping)
                     outbox.active_at = time.monotonic()
 
     def unregister(self, outbox: Outbox) -> None:
-        self._outboxes.discard(outbox)
+        """The connection has ended; a cut for being slow is counted here, once per connection."""
+        if self._outboxes.pop(outbox, False) is not False and outbox.reason == "slow":
+            self.metrics.slow_disconnects.inc()
 
-    async def subscribe(self, stream: str, outbox: Outbox, after: int | None, *,
+    async def subscribe(self, stream: str, outbox: Outbox, framer: Framer, after: int | None, *,
                         default_at_head: bool = False, only: EventTest | None = None,
                         until: EventTest | None = None, replay: Replay | None = None) -> Subscription:
         """Open a subscription: `stream.open` (and `stream.reset` if the position cannot be served),
@@ -381,36 +527,25 @@ class Hub:
         if watched > self.dispatched.get(stream, 0):
             self.dispatched[stream] = watched
         start = resolve(position, after, default_at_head=default_at_head)
-        outbox.put(outbox.control(stream, "stream.open", {
+        outbox.put(framer.control(stream, "stream.open", {
             "epoch": position.epoch, "head": position.head, "from": start.after + 1,
             "heartbeat_ms": round(self.heartbeat * 1000)}))
         if start.reset is not None:
-            outbox.put(outbox.control(stream, "stream.reset", {
+            outbox.put(framer.control(stream, "stream.reset", {
                 "epoch": position.epoch, "head": position.head, "reason": start.reset}, position.head))
-        subscription = Subscription(self, stream, outbox, start.after, only=only, until=until, replay=replay)
+        subscription = Subscription(self, stream, outbox, framer, start.after, only=only, until=until,
+                                    replay=replay)
         self._subscriptions.add(subscription)
-        self.metrics.open_streams.labels(outbox.transport).inc()
+        self.metrics.open_streams.labels(framer.transport).inc()
         subscription.start()
         return subscription
 
-    def _attach(self, subscription: Subscription) -> None:
-        if not subscription.closed:
-            subscription.live = True
-            self._live.setdefault(subscription.stream, set()).add(subscription)
-
-    def _detach(self, subscription: Subscription) -> None:
-        subscription.live = False
-        live = self._live.get(subscription.stream)
-        if live is not None:
-            live.discard(subscription)
-            if not live:
-                del self._live[subscription.stream]
-
-    def _forget(self, subscription: Subscription) -> None:
-        self._detach(subscription)
+    def forget(self, subscription: Subscription) -> None:
+        """A subscription has closed: out of the live set, and its stream unwatched if it was the last."""
+        self.live.discard(subscription)
         if subscription in self._subscriptions:
             self._subscriptions.discard(subscription)
-            self.metrics.open_streams.labels(subscription.outbox.transport).dec()
+            self.metrics.open_streams.labels(subscription.framer.transport).dec()
             self._unwatched(subscription.stream)
 
     def _unwatched(self, stream: str) -> None:

@@ -29,15 +29,19 @@ def parse_seq(value: str | None, name: str) -> int | None:
     return int(text)
 
 
-def requested_after(last_event_id: str | None, from_: str | None) -> int | None:
-    """`Last-Event-ID: L` means seq > L and wins over `?from=N`, which means seq >= N."""
-    last = parse_seq(last_event_id, "Last-Event-ID")
-    if last is not None:
-        return last
-    first = parse_seq(from_, "from")
-    if first is not None:
-        return max(0, first - 1)
+def after_position(after: int | None, from_: int | None) -> int | None:
+    """The two ways to give a position, as the seq to deliver after: `after` L (SSE's Last-Event-ID,
+    a WebSocket subscribe's `after`) means seq > L and wins over `from` N, which means seq >= N."""
+    if after is not None:
+        return after
+    if from_ is not None:
+        return max(0, from_ - 1)
     return None
+
+
+def requested_after(last_event_id: str | None, from_: str | None) -> int | None:
+    """An SSE request's position, from its Last-Event-ID header and its `?from=` query."""
+    return after_position(parse_seq(last_event_id, "Last-Event-ID"), parse_seq(from_, "from"))
 
 
 def resolve(position: StreamPosition, after: int | None, *, default_at_head: bool) -> Start:

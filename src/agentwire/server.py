@@ -3,28 +3,86 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from agentwire.app import create_app
 from agentwire.config import Config
+from agentwire.connection import SINK_EXTENSION
 from agentwire.sse import ABORT_EXTENSION
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, offering one ASGI extension: `scope["extensions"]
-    ["agentwire.abort"]["abort"]()` drops the connection at once. uvicorn ends a response the app
-    left unfinished with a graceful close, which waits until the client has read what is queued: a
-    cut slow subscriber (which stopped reading) would hold its socket open, in CLOSE-WAIT once it
-    leaves, and every cut would log "ASGI callable returned without completing response"."""
+    """uvicorn's httptools protocol, offering two ASGI extensions.
+
+    - `scope["extensions"]["agentwire.abort"]["abort"]()` drops the connection at once. uvicorn
+      ends a response the app left unfinished with a graceful close, which waits until the client
+      has read what is queued: a cut slow subscriber (which stopped reading) would hold its socket
+      open, in CLOSE-WAIT once it leaves, and every cut would log "ASGI callable returned without
+      completing response".
+    - `scope["extensions"]["agentwire.sink"]["sink"]()`: a `hub.Sink` that writes body bytes of
+      the started response straight to the socket (chunk-framed as uvicorn would), so the hub's
+      flusher delivers to every stream in one pass per loop tick, without a writer task or the ASGI
+      send chain per message; the connection's loss aborts the outbox attached to it.
+    """
+
+    # Called once when the connection is lost (set by a `_Sink`).
+    on_lost: Callable[[], None] | None = None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {**self.scope.get("extensions", {}),
                                     ABORT_EXTENSION: {"abort": self.transport.abort}}
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not taken for a WebSocket upgrade
+
+            def sink() -> _Sink | None:
+                if cycle.response_started and cycle.chunked_encoding and not cycle.response_complete:
+                    return _Sink(self, cycle)
+                return None
+
+            self.scope["extensions"][SINK_EXTENSION] = {"sink": sink}
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        lost = self.on_lost
+        if lost is not None:
+            self.on_lost = None
+            lost()
+
+
+class _Sink:
+    """The body of one chunked response, written directly (see `HttpProtocol`)."""
+
+    __slots__ = ("cycle", "protocol", "transport")
+
+    def __init__(self, protocol: HttpProtocol, cycle: RequestResponseCycle) -> None:
+        self.protocol = protocol
+        self.cycle = cycle
+        self.transport = protocol.transport
+
+    def write(self, data: bytes) -> None:
+        if not self.cycle.disconnected and not self.cycle.response_complete:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        await self.cycle.flow.drain()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        if self.cycle.disconnected or self.transport.is_closing():
+            callback()
+        else:
+            self.protocol.on_lost = callback
 
 
 def uvicorn_options(config: Config) -> dict[str, Any]:

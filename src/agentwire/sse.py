@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Sequence
 
 import orjson
@@ -12,11 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from agentwire.hub import EventTest, Hub, Outbox, Replay
+from agentwire.connection import serve, sink_of
+from agentwire.hub import EventTest, Flusher, Framer, Hub, Outbox, Replay
 from agentwire.resume import requested_after
 from agentwire.types import JSON, Event
-
-log = logging.getLogger("agentwire.sse")
 
 PING = b": ping\n\n"
 # The ASGI extension through which a response drops its connection at once (agentwire's uvicorn
@@ -57,38 +55,40 @@ def sse_control(stream: str, type: str, data: JSON, seq: int | None = None) -> b
     return b"%sevent: %s\ndata: %s\n\n" % (head, type.encode(), body)
 
 
-class SseOutbox(Outbox):
-    transport = "sse"
-    ping = PING
+class SseFramer:
+    """agentwire's own SSE framing: an event's frame built once and shared by every subscriber."""
 
-    def encode(self, event: Event) -> bytes:
+    transport = "sse"
+
+    def event(self, event: Event) -> bytes:
         return sse_frame(event)
+
+    def events(self, events: Sequence[Event]) -> bytes:
+        return b"".join([b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), event.raw)
+                         for event in events])
 
     def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
         return sse_control(stream, type, data, seq)
 
-    def encode_many(self, events: Sequence[Event]) -> bytes:
-        return b"".join([b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), event.raw)
-                         for event in events])
+
+SSE = SseFramer()
 
 
 class EventStreamResponse(Response):
-    """Writes an outbox as an SSE response until the outbox ends or the client leaves.
+    """Writes an outbox as an SSE response until the outbox ends or the client leaves
+    (`connection.serve`: straight to the socket where the server allows it, else by a writer task).
 
-    Two tasks race: the writer (drains the outbox, one write for all that is ready, a ping when
-    idle) and the disconnect listener; an abort (slow consumer, shutdown) cancels the writer, which
-    may be blocked on a client that stopped reading. Such a client cannot take the end of the body
-    either, so its connection is dropped at once (`ABORT_EXTENSION`) instead of lingering until it
-    reads again.
+    A client cut as slow cannot take the end of the body, nor can one that stops reading during
+    a shutdown: its connection is dropped at once (`ABORT_EXTENSION`) instead of lingering until
+    it reads again.
     """
 
     media_type = "text/event-stream"
 
-    def __init__(self, outbox: Outbox, *, heartbeat: float, retry_ms: int,
-                 on_close: Callable[[], None]) -> None:
+    def __init__(self, outbox: Outbox, flusher: Flusher, *, retry_ms: int, on_close: Callable[[], None]) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
         self.outbox = outbox
-        self.heartbeat = heartbeat
+        self.flusher = flusher
         self.retry_ms = retry_ms
         self.on_close = on_close
 
@@ -99,52 +99,29 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS + extra})
             await send({"type": "http.response.body", "body": b"retry: %d\n\n" % self.retry_ms,
                         "more_body": True})
-            writer = asyncio.create_task(self._write(send), name="sse writer")
-            listener = asyncio.create_task(self._listen(receive), name="sse listener")
 
-            def cancel_writer() -> None:
-                writer.cancel()
+            async def write(chunks: list[bytes]) -> None:
+                await send({"type": "http.response.body", "body": chunks[0] if len(chunks) == 1 else b"".join(chunks),
+                            "more_body": True})
 
-            self.outbox.on_abort = cancel_writer
-            if self.outbox.reason is not None:
-                writer.cancel()
-            done, pending = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-            failed = [error for task in (writer, listener) if (error := _failure(task)) is not None]
-            for error in failed:
-                log.error("event stream failed", exc_info=error)
-            if listener in done:
+            sink = sink_of(scope)
+            # With a sink, the server aborts the outbox when the client leaves: nothing needs to listen.
+            outcome = await serve(self.outbox, self.flusher, sink=sink, write=write,
+                                  read=None if sink is not None else _disconnected(receive))
+            if outcome.read or outcome.reason == "closed":
                 return  # the client left
-            if self.outbox.reason is None and not failed and not writer.cancelled():
+            if outcome.finished and not outcome.failed:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            elif self.outbox.reason == "slow" or not await _end_within(send, END_GRACE):
+            elif outcome.reason == "slow" or not await _end_within(send, END_GRACE):
                 await _drop_connection(scope, receive)
         finally:
             self.outbox.abort("closed")
             self.on_close()
 
-    async def _write(self, send: Send) -> None:
-        # The hub's heartbeat puts `: ping` into this outbox when it has been idle.
-        while (chunks := await self.outbox.take()) is not None:
-            await send({"type": "http.response.body", "body": chunks[0] if len(chunks) == 1 else b"".join(chunks),
-                        "more_body": True})
-
-    @staticmethod
-    async def _listen(receive: Receive) -> None:
-        await _disconnected(receive)
-
 
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _failure(task: asyncio.Task[None]) -> BaseException | None:
-    """The exception a finished task raised (read, so it is never reported as unretrieved)."""
-    return None if task.cancelled() else task.exception()
 
 
 async def _end_within(send: Send, seconds: float) -> bool:
@@ -171,21 +148,21 @@ async def _drop_connection(scope: Scope, receive: Receive) -> None:
             await _disconnected(receive)
 
 
-async def stream_response(request: Request, hub: Hub, stream: str, *, heartbeat: float, retry_ms: int,
+async def stream_response(request: Request, hub: Hub, stream: str, *, retry_ms: int,
                           default_at_head: bool = False, after: int | None = None,
                           only: EventTest | None = None, until: EventTest | None = None,
-                          replay: Replay | None = None, outbox: Outbox | None = None) -> EventStreamResponse:
+                          replay: Replay | None = None, framer: Framer = SSE) -> EventStreamResponse:
     """Subscribe `stream` at the position the request asks for (§3 resume rules) and stream it.
 
     `after` overrides the request's position (a turn's own POST response starts at its first event);
-    `outbox` frames the events another way (a protocol view) instead of as agentwire's own SSE.
+    `framer` frames the events another way (a protocol view) instead of as agentwire's own SSE.
     """
     if after is None:
         after = requested_after(request.headers.get("last-event-id"), request.query_params.get("from"))
-    outbox = outbox or SseOutbox(hub.buffer_limit)
-    hub.register(outbox)
+    outbox = Outbox(hub.buffer_limit)
+    hub.register(outbox, PING)
     try:
-        subscription = await hub.subscribe(stream, outbox, after, default_at_head=default_at_head,
+        subscription = await hub.subscribe(stream, outbox, framer, after, default_at_head=default_at_head,
                                            only=only, until=until, replay=replay)
     except BaseException:
         hub.unregister(outbox)
@@ -195,4 +172,4 @@ async def stream_response(request: Request, hub: Hub, stream: str, *, heartbeat:
         subscription.close()
         hub.unregister(outbox)
 
-    return EventStreamResponse(outbox, heartbeat=heartbeat, retry_ms=retry_ms, on_close=closed)
+    return EventStreamResponse(outbox, hub.flusher, retry_ms=retry_ms, on_close=closed)

@@ -20,6 +20,7 @@ translator and drops the frames the client already has.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,8 +30,7 @@ from starlette.responses import Response
 
 from agentwire.console.runtime import Console
 from agentwire.console.transcript import TERMINAL, TurnSummary
-from agentwire.hub import Outbox
-from agentwire.sse import PING, stream_response
+from agentwire.sse import stream_response
 from agentwire.types import JSON, KONSOLE_PREFIX, AgentwireError, Event, NotFound
 
 _POSITION = re.compile(r"^([0-9]{1,19})(?:\.([0-9]{1,6}))?$")
@@ -68,22 +68,22 @@ class Translator(Protocol):
         ...
 
 
-class ViewOutbox(Outbox):
-    """An outbox that frames a turn's events through a translator, with resumable frame ids.
+class ViewFramer:
+    """Frames a turn's events through a translator, with resumable frame ids.
 
     Frames are built per connection, not once per event as agentwire's own SSE is: they depend on
     the translator's fold (and on the run's ids), and a protocol view of a turn has one reader.
     """
 
-    ping = PING
-
-    def __init__(self, translator: Translator, transport: str, limit: int, resume: Position | None) -> None:
-        super().__init__(limit)
+    def __init__(self, translator: Translator, transport: str, resume: Position | None) -> None:
         self.translator = translator
         self.transport = transport
         self.resume = resume
 
-    def encode(self, event: Event) -> bytes:
+    def events(self, events: Sequence[Event]) -> bytes:
+        return b"".join([self.event(event) for event in events])
+
+    def event(self, event: Event) -> bytes:
         frames = self.translator.frames(event)  # always, so the fold sees every event
         skip = 0
         if self.resume is not None and event.seq <= self.resume.seq:
@@ -227,8 +227,8 @@ async def turn_at(console: Console, session: str, position: Position) -> TurnAt:
 
 
 async def turn_view(request: Request, console: Console, session: str, turn: str, first_seq: int,
-                    outbox: ViewOutbox, headers: dict[str, str]) -> Response:
-    """Stream one turn through `outbox`, from its first event to its terminal one."""
+                    framer: ViewFramer, headers: dict[str, str]) -> Response:
+    """Stream one turn framed by `framer`, from its first event to its terminal one."""
 
     def mine(event: Event) -> bool:
         return event.turn == turn
@@ -237,8 +237,8 @@ async def turn_view(request: Request, console: Console, session: str, turn: str,
         return event.turn == turn and event.type in TERMINAL
 
     response = await stream_response(request, console.hub, KONSOLE_PREFIX + session,
-                                     heartbeat=console.config.heartbeat, retry_ms=console.config.retry_ms,
-                                     after=first_seq - 1, only=mine, until=last, outbox=outbox)
+                                     retry_ms=console.config.retry_ms,
+                                     after=first_seq - 1, only=mine, until=last, framer=framer)
     response.headers.update({"x-agentwire-turn": turn, **headers})
     return response
 

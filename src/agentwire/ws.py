@@ -41,12 +41,13 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from agentwire.config import Config
+from agentwire.connection import serve
 from agentwire.console import Console
 from agentwire.console.permissions import DecisionIn
 from agentwire.console.runtime import Lane
 from agentwire.console.transcript import CatchUpFold
 from agentwire.hub import Hub, Outbox, Subscription
-from agentwire.resume import MAX_SEQ
+from agentwire.resume import MAX_SEQ, after_position
 from agentwire.types import (
     JSON,
     KONSOLE_PREFIX,
@@ -97,21 +98,23 @@ def ws_control(stream: str, type: str, data: JSON, seq: int | None = None) -> by
     return orjson.dumps({"stream": stream, "type": type, "data": data}) + b"\n"
 
 
-class WsOutbox(Outbox):
-    transport = "ws"
-    ping = b'{"op":"ping"}\n'  # put by the hub's heartbeat into an outbox idle for that long
+class WsFramer:
+    """agentwire's WebSocket framing: an event's frame built once and shared by every subscriber."""
 
-    def encode(self, event: Event) -> bytes:
+    transport = "ws"
+
+    def event(self, event: Event) -> bytes:
         return ws_frame(event)
 
-    def encode_many(self, events: Sequence[Event]) -> bytes:
+    def events(self, events: Sequence[Event]) -> bytes:
         return b"".join([event.raw + b"\n" for event in events])  # replayed: seen once, not cached
 
     def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
         return ws_control(stream, type, data, seq)
 
-    def reply(self, message: JSON) -> None:
-        self.put(orjson.dumps(message) + b"\n")
+
+WS = WsFramer()
+PING = b'{"op":"ping"}\n'  # put by the hub's heartbeat into an outbox idle for that long
 
 
 def close_for(reason: str | None) -> tuple[int, str]:
@@ -142,17 +145,15 @@ def route(hub: Hub, console: Console, config: Config) -> WebSocketRoute:
 
 
 class _Connection:
-    """Two tasks race, as in `EventStreamResponse`: the writer (drains the outbox, one frame per
-    envelope; the hub's heartbeat puts a ping into an idle outbox) and the reader (handles requests
-    one at a time, in order, and ends on a disconnect or a frame that closes the socket). An abort
-    (slow consumer, shutdown) cancels the writer, which may be blocked on a client that stopped
-    reading."""
+    """The writer and the reader race (`connection.serve`): the writer drains the outbox, one
+    frame per envelope (the hub's heartbeat puts a ping into an idle outbox); the reader handles
+    requests one at a time, in order, and ends on a disconnect or a frame that closes the socket."""
 
     def __init__(self, endpoint: WebSocketEndpoint) -> None:
         self.hub = endpoint.hub
         self.console = endpoint.console
         self.config = endpoint.config
-        self.outbox = WsOutbox(self.hub.buffer_limit)
+        self.outbox = Outbox(self.hub.buffer_limit)
         self.subscriptions: dict[str, Subscription] = {}
         self.ops: dict[str, Callable[[JSON], Awaitable[JSON]]] = {
             "subscribe": self._subscribe, "unsubscribe": self._unsubscribe, "send": self._send,
@@ -160,37 +161,27 @@ class _Connection:
         }
 
     async def run(self, receive: Receive, send: Send) -> None:
-        self.hub.register(self.outbox)
+        self.hub.register(self.outbox, PING)
         try:
-            writer = asyncio.create_task(self._write(send), name="ws writer")
-            reader = asyncio.create_task(self._read(receive), name="ws reader")
+            async def write(chunks: list[bytes]) -> None:
+                sent = 0
+                for chunk in chunks:
+                    for text in chunk.decode().split("\n"):
+                        if text:
+                            await send({"type": "websocket.send", "text": text})
+                            sent += 1
+                            if sent % YIELD_EVERY == 0:
+                                await asyncio.sleep(0)
 
-            def cancel_writer() -> None:
-                writer.cancel()
-
-            self.outbox.on_abort = cancel_writer
-            if self.outbox.reason is not None:
-                writer.cancel()
-            done, pending = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+            outcome = await serve(self.outbox, self.hub.flusher, sink=None, write=write, read=self._read(receive))
             code: int | None = None
             reason = ""
-            if reader in done:
-                code = reader.result() if reader.exception() is None else CLOSE_ERROR
-            elif self.outbox.reason is not None:
-                code, reason = close_for(self.outbox.reason)
-            elif not writer.cancelled() and writer.exception() is None:  # the outbox ended
+            if outcome.read:
+                code = CLOSE_ERROR if outcome.failed else outcome.result
+            elif outcome.reason is not None:
+                code, reason = close_for(outcome.reason)
+            elif outcome.finished:
                 code = 1000
-            # End the outbox before cancelling, so a writer that missed its cancel still stops at
-            # its next take.
-            self.outbox.abort("closed")
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending)
-            for task in (writer, reader):
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    exc = task.exception()
-                    if not isinstance(exc, OSError):  # OSError: the client is gone (uvicorn's ClientDisconnected)
-                        log.error("websocket %s failed", task.get_name(), exc_info=exc)
             if code is not None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(CLOSE_GRACE):
@@ -201,18 +192,6 @@ class _Connection:
                 subscription.close()
             self.subscriptions.clear()
             self.hub.unregister(self.outbox)
-
-    async def _write(self, send: Send) -> None:
-        outbox = self.outbox
-        while (chunks := await outbox.take()) is not None:
-            sent = 0
-            for chunk in chunks:
-                for text in chunk.decode().split("\n"):
-                    if text:
-                        await send({"type": "websocket.send", "text": text})
-                        sent += 1
-                        if sent % YIELD_EVERY == 0:
-                            await asyncio.sleep(0)
 
     async def _read(self, receive: Receive) -> int | None:
         """Handle frames until the client leaves (None) or a frame closes the socket (its code)."""
@@ -250,14 +229,17 @@ class _Connection:
                                      code="unknown_op", field="op")
             result = await handler(request)
         except AgentwireError as exc:
-            self.outbox.reply(_with_ref({"op": "error"}, ref) | exc.body())
+            self._reply(_with_ref({"op": "error"}, ref) | exc.body())
             return
         except Exception:
             log.exception("websocket request failed")
-            self.outbox.reply(_with_ref({"op": "error"}, ref) | {"error": {
+            self._reply(_with_ref({"op": "error"}, ref) | {"error": {
                 "code": "internal_error", "message": "the server could not handle this request"}})
             return
-        self.outbox.reply(_with_ref({"op": "ack"}, ref) | result)
+        self._reply(_with_ref({"op": "ack"}, ref) | result)
+
+    def _reply(self, message: JSON) -> None:
+        self.outbox.put(orjson.dumps(message) + b"\n")
 
     # ops
 
@@ -270,9 +252,7 @@ class _Connection:
         if len(self.subscriptions) >= self.config.max_subscriptions:
             raise AgentwireError(f"at most {self.config.max_subscriptions} subscriptions per connection",
                                  code="too_many_subscriptions", status=429, field="stream")
-        after = frame.after
-        if after is None and frame.from_ is not None:
-            after = max(0, frame.from_ - 1)
+        after = after_position(frame.after, frame.from_)
         if stream == TASKS_STREAM:
             at_head = True
         elif stream.startswith(KONSOLE_PREFIX):
@@ -282,7 +262,7 @@ class _Connection:
             raise AgentwireError(f"unknown stream {stream[:80]!r}: use 'tasks' or 'konsole/<session>'",
                                  code="bad_stream", field="stream")
         self.subscriptions[stream] = await self.hub.subscribe(
-            stream, self.outbox, after, default_at_head=at_head, replay=CatchUpFold() if frame.fold else None)
+            stream, self.outbox, WS, after, default_at_head=at_head, replay=CatchUpFold() if frame.fold else None)
         return {"stream": stream}
 
     async def _unsubscribe(self, request: JSON) -> JSON:

@@ -78,7 +78,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
             return event.turn == turn_id and event.type in TERMINAL
 
         response = await stream_response(
-            request, console.hub, turn.stream, heartbeat=console.config.heartbeat,
+            request, console.hub, turn.stream,
             retry_ms=console.config.retry_ms, after=turn.first_event.seq - 1, only=mine, until=last)
         response.headers["x-agentwire-turn"] = turn_id
         return response
@@ -100,7 +100,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
         console = console_of(request)
         await console.session(session)
         return await stream_response(request, console.hub, KONSOLE_PREFIX + session,
-                                     heartbeat=console.config.heartbeat, retry_ms=console.config.retry_ms,
+                                     retry_ms=console.config.retry_ms,
                                      replay=CatchUpFold() if fold else None)
 
     @api.get("/{session}/state", responses=errors(404))

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -103,14 +103,18 @@ class _Busy(Conflict):
     code = "permission_settled"
 
 
-class _Answer(Outbox):
-    """Where a waiting request's subscription delivers its `permission.decided` (one envelope per
-    line); anything else put here (b"") only wakes the waiter, e.g. when its turn is cancelled."""
+class _AnswerFramer:
+    """How a waiting request's subscription delivers its `permission.decided` into the waiter's
+    outbox (one envelope per line); anything else put there (b"") only wakes the waiter, e.g. when
+    its turn is cancelled."""
 
     transport = "internal"
 
-    def encode(self, event: Event) -> bytes:
+    def event(self, event: Event) -> bytes:
         return event.raw + b"\n"
+
+    def events(self, events: Sequence[Event]) -> bytes:
+        return b"".join([event.raw + b"\n" for event in events])
 
     def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
         return b""  # stream.open / stream.reset: the answer is all the waiter reads
@@ -135,7 +139,7 @@ class Permissions:
             data["call_id"] = call_id
         if title:
             data["title"] = title
-        answer = _Answer()
+        answer = Outbox()
         turn.waiting.add(answer)
         try:
             event = await self.hub.append(Append(turn.stream, "permission.requested", data, turn=turn.id,
@@ -150,11 +154,12 @@ class Permissions:
             turn.waiting.discard(answer)
             turn.asked.discard(request_id)
 
-    async def _wait(self, turn: Turn, request_id: str, seq: int, expires_at: int, answer: _Answer) -> Permission:
+    async def _wait(self, turn: Turn, request_id: str, seq: int, expires_at: int, answer: Outbox) -> Permission:
         def is_answer(event: Event) -> bool:
             return event.type == "permission.decided" and event.data.get("request_id") == request_id
 
-        subscription = await self.hub.subscribe(turn.stream, answer, seq, only=is_answer, until=is_answer)
+        subscription = await self.hub.subscribe(turn.stream, answer, _AnswerFramer(), seq, only=is_answer,
+                                                until=is_answer)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, (expires_at - now_ms()) / 1000)
         answered = False  # this node has settled it (deadline or cancel): only reading the answer is left
