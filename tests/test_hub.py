@@ -18,7 +18,7 @@ from agentwire.journal import Journal
 from agentwire.journal.memory import MemoryJournal
 from agentwire.journal.sqlite import SqliteJournal
 from agentwire.metrics import Metrics
-from agentwire.sse import SseOutbox
+from agentwire.sse import SSE
 from agentwire.types import Append, Event
 
 T = TypeVar("T")
@@ -114,9 +114,9 @@ def test_replay_then_live_with_nothing_skipped_or_repeated_at_the_seam(make_jour
                     await hub.append_many(items(3, start=n))
                     await asyncio.sleep(0)
 
-            outbox = SseOutbox(1 << 20)
+            outbox = Outbox(1 << 20)
             hub.register(outbox)
-            await hub.subscribe("s", outbox, after)
+            await hub.subscribe("s", outbox, SSE, after)
             reader = Reader(outbox)
             producer = asyncio.create_task(produce())
             await reader.until_seq(3600)
@@ -136,9 +136,9 @@ def test_live_events_are_encoded_once_and_shared_by_every_subscriber(make_journa
         async with started(make_journal()) as hub:
             readers = []
             for _ in range(3):
-                outbox = SseOutbox()
+                outbox = Outbox()
                 hub.register(outbox)
-                await hub.subscribe("s", outbox, None)
+                await hub.subscribe("s", outbox, SSE, None)
                 readers.append(Reader(outbox))
             for reader in readers:
                 await live(hub, reader.outbox, reader)
@@ -158,11 +158,11 @@ def test_live_events_are_encoded_once_and_shared_by_every_subscriber(make_journa
 def test_a_slow_subscriber_is_cut_and_never_slows_the_producer(make_journal: Any) -> None:
     async def main() -> None:
         async with started(make_journal(), buffer_limit=4096) as hub:
-            stalled = SseOutbox(hub.buffer_limit)
-            healthy = SseOutbox(hub.buffer_limit)
+            stalled = Outbox(hub.buffer_limit)
+            healthy = Outbox(hub.buffer_limit)
             for outbox in (stalled, healthy):
                 hub.register(outbox)
-                await hub.subscribe("s", outbox, None)
+                await hub.subscribe("s", outbox, SSE, None)
             reader = Reader(healthy)
             await live(hub, stalled)
             await live(hub, healthy, reader)
@@ -171,9 +171,11 @@ def test_a_slow_subscriber_is_cut_and_never_slows_the_producer(make_journal: Any
                 await reader.pump(0)
             await reader.until_seq(200)
             assert reader.seqs == list(range(1, 201))
-            assert stalled.reason == "slow" and stalled.aborted.is_set()
+            assert stalled.reason == "slow"
             assert stalled.size == 0  # what it held was dropped, not kept growing
             assert await stalled.take(0) is None
+            await asyncio.wait_for(stalled.ended(), 1)
+            hub.unregister(stalled)  # as its connection does when it ends: counted once there
             assert hub.metrics.slow_disconnects._value.get() == 1
             assert healthy.reason is None
 
@@ -185,8 +187,8 @@ def test_a_position_past_the_head_gets_a_reset_then_continues_after_the_head(mak
         async with started(make_journal()) as hub:
             await hub.append_many(items(5))
             epoch = (await hub.journal.position("s")).epoch
-            outbox = SseOutbox()
-            await hub.subscribe("s", outbox, 99)
+            outbox = Outbox()
+            await hub.subscribe("s", outbox, SSE, 99)
             reader = Reader(outbox)
             await live(hub, outbox, reader)
             await hub.append(Append("s", "e", {"n": 5}))
@@ -205,11 +207,11 @@ def test_a_trim_during_replay_is_a_reset_not_a_hole(make_journal: Any) -> None:
         async with started(make_journal(retention=10)) as hub:
             await hub.append_many(items(12))
             first = (await hub.journal.position("s")).first
-            outbox = SseOutbox(1000)
+            outbox = Outbox(1000)
             # An SSE comment fills the outbox over half, so the replay waits for the writer ...
             outbox.put(b": " + b"x" * 600 + b"\n\n")
             reader = Reader(outbox)
-            await hub.subscribe("s", outbox, first - 1)  # servable now
+            await hub.subscribe("s", outbox, SSE, first - 1)  # servable now
             # ... and before it reads, the journal trims past it.
             await hub.append_many(items(40, start=12))
             position = await hub.journal.position("s")
@@ -234,9 +236,9 @@ def test_a_missed_live_event_sends_the_subscriber_back_to_the_journal() -> None:
     async def main() -> None:
         journal = MemoryJournal()
         async with started(journal) as hub:
-            outbox = SseOutbox()
+            outbox = Outbox()
             reader = Reader(outbox)
-            await hub.subscribe("s", outbox, None)
+            await hub.subscribe("s", outbox, SSE, None)
             await live(hub, outbox, reader)
             await hub.append(Append("s", "e", {"n": 0}))
             journal.set_listener(lambda event: None)  # the live path loses the next three
@@ -254,9 +256,9 @@ def test_without_a_position_a_subscriber_starts_at_first_or_at_head(make_journal
     async def main() -> None:
         async with started(make_journal()) as hub:
             await hub.append_many(items(4))
-            from_first, at_head = SseOutbox(), SseOutbox()
-            await hub.subscribe("s", from_first, None)
-            await hub.subscribe("s", at_head, None, default_at_head=True)
+            from_first, at_head = Outbox(), Outbox()
+            await hub.subscribe("s", from_first, SSE, None)
+            await hub.subscribe("s", at_head, SSE, None, default_at_head=True)
             readers = [Reader(from_first), Reader(at_head)]
             for reader in readers:
                 await live(hub, reader.outbox, reader)
@@ -280,9 +282,9 @@ def test_only_filters_and_until_ends_the_subscription(make_journal: Any) -> None
     async def main() -> None:
         async with started(make_journal()) as hub:
             await hub.append_many([Append("s", "e", {"turn": "b"}), Append("s", "e", {"turn": "a"})])
-            outbox = SseOutbox()
+            outbox = Outbox()
             reader = Reader(outbox)
-            subscription = await hub.subscribe("s", outbox, 0, only=mine, until=last)
+            subscription = await hub.subscribe("s", outbox, SSE, 0, only=mine, until=last)
             await live(hub, outbox, reader)
             await hub.append_many([Append("s", "e", {"turn": "b"}), Append("s", "e", {"turn": "a"}),
                                    Append("s", "end", {"turn": "a"}), Append("s", "e", {"turn": "a"})])
@@ -307,9 +309,9 @@ def test_replay_of_a_long_backlog_yields_to_the_event_loop() -> None:
                     ticks.append(len(reader.messages))
                     await asyncio.sleep(0)
 
-            outbox = SseOutbox(1 << 30)
+            outbox = Outbox(1 << 30)
             reader = Reader(outbox)
-            await hub.subscribe("s", outbox, 0)
+            await hub.subscribe("s", outbox, SSE, 0)
             task = asyncio.create_task(ticker())
             await reader.until_seq(REPLAY_PAGE * 20)
             done.set()
@@ -325,10 +327,10 @@ def test_close_ends_every_stream_and_the_metrics_follow(make_journal: Any) -> No
         journal = make_journal()
         await journal.start()
         hub = Hub(journal, Metrics())
-        outboxes = [SseOutbox() for _ in range(3)]
+        outboxes = [Outbox() for _ in range(3)]
         for outbox in outboxes:
             hub.register(outbox)
-            await hub.subscribe("s", outbox, None)
+            await hub.subscribe("s", outbox, SSE, None)
         gauge = hub.metrics.open_streams.labels("sse")
         assert gauge._value.get() == 3 and hub.subscription_count == 3
         events = await hub.append_many(items(4))
@@ -349,9 +351,9 @@ def test_close_ends_every_stream_and_the_metrics_follow(make_journal: Any) -> No
 
 def test_outbox_bounds_bytes_and_ends_two_ways() -> None:
     async def main() -> None:
-        slow_calls: list[int] = []
-        outbox = SseOutbox(100)
-        outbox.on_slow = lambda: slow_calls.append(1)
+        aborts: list[int] = []
+        outbox = Outbox(100)
+        outbox.on_abort = lambda: aborts.append(1)
         assert await outbox.take(0.01) == []  # nothing yet
         assert outbox.put(b"a" * 40) and outbox.put(b"b" * 40)
         replay = asyncio.ensure_future(outbox.wait_space())
@@ -362,11 +364,11 @@ def test_outbox_bounds_bytes_and_ends_two_ways() -> None:
         assert outbox.size == 0
         assert outbox.put(b"c" * 100)
         assert not outbox.put(b"d")  # 101 bytes queued: cut
-        assert outbox.reason == "slow" and slow_calls == [1] and outbox.size == 0
+        assert outbox.reason == "slow" and aborts == [1] and outbox.size == 0
         assert await outbox.take(0) is None
         assert not outbox.put(b"e")
 
-        finishing = SseOutbox(100)
+        finishing = Outbox(100)
         finishing.put(b"last")
         finishing.finish()
         assert not finishing.put(b"more")
@@ -383,9 +385,9 @@ def test_a_backlog_bigger_than_the_buffer_is_paced_not_taken_for_a_slow_consumer
     async def main() -> None:
         async with started(make_journal(), buffer_limit=16 * 1024) as hub:
             await hub.append_many([Append("s", "e", {"n": n, "pad": "y" * 500}) for n in range(3000)])
-            outbox = SseOutbox(hub.buffer_limit)
+            outbox = Outbox(hub.buffer_limit)
             hub.register(outbox)
-            await hub.subscribe("s", outbox, 0)
+            await hub.subscribe("s", outbox, SSE, 0)
             reader = Reader(outbox)
             await reader.until_seq(3000)
             assert reader.seqs == list(range(1, 3001))
@@ -397,9 +399,9 @@ def test_a_backlog_bigger_than_the_buffer_is_paced_not_taken_for_a_slow_consumer
 def test_one_event_bigger_than_the_buffer_still_reaches_a_reader_that_keeps_up(make_journal: Any) -> None:
     async def main() -> None:
         async with started(make_journal(), buffer_limit=4096) as hub:
-            outbox = SseOutbox(hub.buffer_limit)
+            outbox = Outbox(hub.buffer_limit)
             hub.register(outbox)
-            await hub.subscribe("s", outbox, None)
+            await hub.subscribe("s", outbox, SSE, None)
             reader = Reader(outbox)
             await live(hub, outbox, reader)
             await reader.pump(0)
@@ -409,8 +411,8 @@ def test_one_event_bigger_than_the_buffer_still_reaches_a_reader_that_keeps_up(m
             await reader.until_seq(2)
             assert reader.seqs == [1, 2] and outbox.reason is None
             # Replayed, too (a reconnecting client must not be cut on the same event forever).
-            again = SseOutbox(hub.buffer_limit)
-            await hub.subscribe("s", again, 0)
+            again = Outbox(hub.buffer_limit)
+            await hub.subscribe("s", again, SSE, 0)
             replayed = Reader(again)
             await replayed.until_seq(2)
             assert replayed.seqs == [1, 2] and again.reason is None

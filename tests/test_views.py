@@ -13,7 +13,7 @@ from agentwire.aisdk import UiMessageStream
 from agentwire.app import create_app
 from agentwire.config import Config
 from agentwire.types import AgentwireError, Event
-from agentwire.views import Position, ViewOutbox, task_card
+from agentwire.views import Position, ViewFramer, task_card
 from tests.support.sse import parse_sse
 
 
@@ -32,8 +32,8 @@ def _events(*counts: int) -> list[Event]:
 
 
 def _sent(resume: Position | None, events: list[Event]) -> list[tuple[str | None, str]]:
-    outbox = ViewOutbox(Repeat(), "test", 1 << 20, resume)
-    return [(m.id, m.data) for m in parse_sse(b"".join(outbox.encode(event) for event in events))]
+    framer = ViewFramer(Repeat(), "test", resume)
+    return [(m.id, m.data) for m in parse_sse(b"".join(framer.event(event) for event in events))]
 
 
 def test_frame_ids_name_the_event_and_how_far_into_it() -> None:
@@ -59,9 +59,9 @@ def test_a_malformed_position_is_a_400(value: str) -> None:
 
 
 def test_a_reset_ends_the_run_the_protocols_way() -> None:
-    outbox = ViewOutbox(Repeat(), "test", 1 << 20, None)
-    assert outbox.control("konsole/s", "stream.open", {}) == b""
-    assert outbox.control("konsole/s", "stream.reset", {}, 5) == b"data: lost\n\n"
+    framer = ViewFramer(Repeat(), "test", None)
+    assert framer.control("konsole/s", "stream.open", {}) == b""
+    assert framer.control("konsole/s", "stream.reset", {}, 5) == b"data: lost\n\n"
     run = AguiRun("s", "r", None)
     assert b'"RUN_ERROR"' in b"".join(run.lost()) and run.frames(_events(1)[0]) == []
     chat = UiMessageStream()

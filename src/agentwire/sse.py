@@ -108,6 +108,8 @@ class EventStreamResponse(Response):
             # With a sink, the server aborts the outbox when the client leaves: nothing needs to listen.
             outcome = await serve(self.outbox, self.flusher, sink=sink, write=write,
                                   read=None if sink is not None else _disconnected(receive))
+            self.outbox.abort("closed")
+            self.on_close()  # counted as ended (a slow cut, too) before the end of the body may wait
             if outcome.read or outcome.reason == "closed":
                 return  # the client left
             if outcome.finished and not outcome.failed:

@@ -174,6 +174,7 @@ class _Connection:
                                 await asyncio.sleep(0)
 
             outcome = await serve(self.outbox, self.hub.flusher, sink=None, write=write, read=self._read(receive))
+            self._close()  # counted as ended (a slow cut, too) before the close frame may wait for the client
             code: int | None = None
             reason = ""
             if outcome.read:
@@ -187,11 +188,14 @@ class _Connection:
                     async with asyncio.timeout(CLOSE_GRACE):
                         await send({"type": "websocket.close", "code": code, "reason": reason})
         finally:
-            self.outbox.abort("closed")
-            for subscription in self.subscriptions.values():
-                subscription.close()
-            self.subscriptions.clear()
-            self.hub.unregister(self.outbox)
+            self._close()
+
+    def _close(self) -> None:
+        self.outbox.abort("closed")
+        for subscription in self.subscriptions.values():
+            subscription.close()
+        self.subscriptions.clear()
+        self.hub.unregister(self.outbox)
 
     async def _read(self, receive: Receive) -> int | None:
         """Handle frames until the client leaves (None) or a frame closes the socket (its code)."""
