@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from agentwire.app import Context, create_app
 from agentwire.config import Config
+from agentwire.server import uvicorn_options
 from agentwire.types import Append
 from common import EVENT_TYPE, STREAM, PublishSpec, publish_loop, raise_nofile
 
@@ -67,9 +68,10 @@ def main() -> None:
                     heartbeat=args.heartbeat, log_level="warning")
     app = create_app(config)
     add_bench_routes(app)
-    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", ws="websockets-sansio",
-                lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=2,
-                backlog=4096)  # the backlog of the reference servers
+    # The protocols and settings of `agentwire serve` (its own httptools protocol included).
+    options = {**uvicorn_options(config), "timeout_graceful_shutdown": 2}
+    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", backlog=4096,  # the references' backlog
+                **options)
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from common import call_json, cpu_seconds, die_with_parent, free_port, raise_nofile, stop_process
+from common import call_json, cpu_seconds, die_with_parent, free_port, raise_nofile, server_argv, stop_process
 
 HOST = "127.0.0.1"
 TS = re.compile(rb'"ts":(\d+)')
@@ -113,8 +113,9 @@ def run(sessions: int = 100, viewers: int = 5, rate: float = 50, seconds: float 
     raise_nofile()
     workdir = Path(tempfile.mkdtemp(prefix="agentwire-bench-console-"))
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "agentwire", "serve", "--port", str(port), "--no-auth",
-                               "--journal", f"sqlite:///{workdir / 'console.db'}", "--log-level", "warning"],
+    server = subprocess.Popen(server_argv([sys.executable, "-m", "agentwire", "serve", "--port", str(port),
+                                           "--no-auth", "--journal", f"sqlite:///{workdir / 'console.db'}",
+                                           "--log-level", "warning"]),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

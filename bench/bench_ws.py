@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
-from common import PublishSpec, cpu_seconds, publish_loop, raise_nofile, request_json
+from common import PublishSpec, cpu_seconds, pin_clients, publish_loop, raise_nofile, request_json, server_argv
 from load_clients import Clients
 from sse_client import ClientSpec, client_process, latencies_from
 
@@ -72,6 +72,7 @@ def serve(argv: list[str]) -> None:
     from agentwire.app import create_app
     from agentwire.config import Config
     from agentwire.console.runtime import SessionIn
+    from agentwire.server import uvicorn_options
     from agentwire.types import KONSOLE_PREFIX, Append, Conflict
     from agentwire_server import add_bench_routes
 
@@ -107,10 +108,11 @@ def serve(argv: list[str]) -> None:
     add_bench_routes(app)
     app.router.routes[0:0] = [Route("/bench/ws/publish", publish, methods=["POST"]),
                               Route("/bench/ws/setup", setup, methods=["POST"])]
-    # As agentwire_server.py runs it (and `agentwire serve`); browsers offer permessage-deflate, this
-    # load client does not, so frames go uncompressed.
-    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", http="httptools", ws="websockets-sansio",
-                lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=2, backlog=4096)
+    # As `agentwire serve` runs it (its own httptools protocol included), except that permessage-deflate
+    # is accepted when offered, as uvicorn does by default, for the "ws+deflate" row; the plain
+    # WebSocket client does not offer it, so its frames go uncompressed as they do in production.
+    options = {**uvicorn_options(config), "timeout_graceful_shutdown": 2, "ws_per_message_deflate": True}
+    uvicorn.run(app, host=args.host, port=args.port, loop="uvloop", backlog=4096, **options)
 
 
 class Server:
@@ -119,8 +121,8 @@ class Server:
     def __init__(self, workdir: Path) -> None:
         self.port = _free_port()
         self.log_path = workdir / f"ws-server-{self.port}.log"
-        argv = [sys.executable, str(BENCH_DIR / "bench_ws.py"), "serve", "--port", str(self.port),
-                "--journal", f"sqlite:///{workdir / f'ws-{self.port}.db'}"]
+        argv = server_argv([sys.executable, str(BENCH_DIR / "bench_ws.py"), "serve", "--port", str(self.port),
+                            "--journal", f"sqlite:///{workdir / f'ws-{self.port}.db'}"])
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=BENCH_DIR, start_new_session=True)
@@ -548,6 +550,11 @@ def case_ws_fanout(ctx: Any, table_class: Any) -> Any:
             table.notes.append(f"{LABELS[transport]}: error: {type(exc).__name__}: {exc}"[:600])
             continue
         _fill(table, transport, result, rows)
+    sse, ws = rows[("cpu", "sse")].values.get(COLUMN), rows[("cpu", "ws")].values.get(COLUMN)
+    relative = ws / sse if isinstance(ws, float | int) and isinstance(sse, float | int) and sse else None
+    table.row("server CPU per delivery, WebSocket : SSE", fmt="{:.2f}×", ratio=False).values[COLUMN] = relative
+    if hasattr(table, "check"):
+        table.check("WebSocket CPU per delivery ≤ 1.2× SSE", relative, "{:.2f}×", lambda r: r <= 1.2)
     table.notes.append(f"Lost = published × connected − received within {args.drain_seconds:g} s after the last "
                        "publish (late, not dropped: the clients check seqs for gaps).")
     return table
@@ -623,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fanout_seconds is None:
         args.fanout_seconds = 2.0 if args.quick else 10.0
     raise_nofile()
+    print(pin_clients(), flush=True)
 
     @dataclass
     class Ctx:

@@ -38,7 +38,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common import HttpStatusError, PublishSpec, cpu_seconds, die_with_parent, raise_nofile, request_json, rss_bytes
+from common import (
+    HttpStatusError,
+    PublishSpec,
+    cpu_seconds,
+    die_with_parent,
+    pin_clients,
+    raise_nofile,
+    request_json,
+    rss_bytes,
+    server_argv,
+)
 from load_clients import Clients
 from sse_client import ClientSpec, latencies_from
 
@@ -98,8 +108,8 @@ class Server:
         self.log_path = self.workdir / "server.log"
 
     def __enter__(self) -> Server:
-        argv = [sys.executable, str(BENCH_DIR / self.target.script), "--host", HOST, "--port", str(self.port),
-                *self.target.extra_args(self.workdir)]
+        argv = server_argv([sys.executable, str(BENCH_DIR / self.target.script), "--host", HOST,
+                            "--port", str(self.port), *self.target.extra_args(self.workdir)])
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=BENCH_DIR, start_new_session=True, preexec_fn=die_with_parent)
@@ -593,7 +603,7 @@ def command_line() -> str:
     return shlex.join([python, script, *sys.argv[1:]])
 
 
-def report(tables: list[Table], targets: list[str], elapsed: float, load_before: str) -> str:
+def report(tables: list[Table], targets: list[str], elapsed: float, load_before: str, pinned: str) -> str:
     parts = [
         "# agentwire benchmark results", "",
         "Produced by `bench/run.py`; every figure beside the two references measured in the same run: "
@@ -604,7 +614,8 @@ def report(tables: list[Table], targets: list[str], elapsed: float, load_before:
         "Command:", "", "```", command_line(), "```", "",
         "Machine:", "", *machine(),
         f"- Load average (1, 5, 15 min) before the run: {load_before}; after: {load_average()}",
-        f"- Total run time: {elapsed:.0f} s", "",
+        f"- Total run time: {elapsed:.0f} s",
+        f"- CPUs: {pinned}", "",
         *([f"**Caution:** the machine was busy with other work (load average {load_before} on "
            f"{os.cpu_count()} cores), so every process got a fraction of a core: wall-clock figures (events/s, "
            "latency) are noisy and low; CPU-seconds and memory per connection are the more robust figures. "
@@ -671,6 +682,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_nofile()
+    args.pinned = pin_clients()
+    log(args.pinned)
     signal.signal(signal.SIGTERM, _terminate)  # end servers and clients on the way out, as on Ctrl-C
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     cases = [c for c in CASES if c.name in wanted]
@@ -696,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
-    text = report(tables, [t.name for t in targets], elapsed, load_before)
+    text = report(tables, [t.name for t in targets], elapsed, load_before, args.pinned)
     if args.output is not None:
         args.output.write_text(text, encoding="utf-8")
         log(f"wrote {os.path.relpath(args.output)}")

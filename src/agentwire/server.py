@@ -9,6 +9,9 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State as WsState
 
 from agentwire.app import create_app
 from agentwire.config import Config
@@ -85,10 +88,62 @@ class _Sink:
             self.protocol.on_lost = callback
 
 
+class WsProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets (sans-I/O) protocol, offering the `agentwire.sink` extension too: a
+    `hub.Sink` that writes complete WebSocket frames (built once per event and shared, `ws.py`)
+    straight to the socket, on a connection that negotiated no extension (no compression)."""
+
+    on_lost: Callable[[], None] | None = None
+
+    def handle_connect(self, event: WsRequest) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:
+            self.scope["extensions"][SINK_EXTENSION] = {"sink": self._sink}  # type: ignore[index]
+
+    def _sink(self) -> _WsSink | None:
+        if self.handshake_complete and not self.close_sent and not self.conn.extensions:
+            return _WsSink(self)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        lost = self.on_lost
+        if lost is not None:
+            self.on_lost = None
+            lost()
+
+
+class _WsSink:
+    """Frames written directly to an open WebSocket (see `WsProtocol`)."""
+
+    __slots__ = ("protocol", "transport")
+
+    def __init__(self, protocol: WsProtocol) -> None:
+        self.protocol = protocol
+        self.transport = protocol.transport
+
+    def write(self, data: bytes) -> None:
+        protocol = self.protocol
+        if not protocol.close_sent and not protocol.disconnected and protocol.conn.state is WsState.OPEN:
+            self.transport.write(data)
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        await self.protocol.writable.wait()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        if self.protocol.disconnected or self.transport.is_closing():
+            callback()
+        else:
+            self.protocol.on_lost = callback
+
+
 def uvicorn_options(config: Config) -> dict[str, Any]:
     """The uvicorn settings agentwire runs with (also what the tests serve with)."""
     return {
-        "http": HttpProtocol, "ws": "websockets-sansio", "access_log": False, "lifespan": "on",
+        "http": HttpProtocol, "ws": WsProtocol, "access_log": False, "lifespan": "on",
         # A client that stopped reading holds its connection open until the graceful timeout (the
         # bytes the kernel could not send keep the socket busy), so the timeout is what bounds
         # shutdown: 1 s keeps a SIGTERM with such streams open well inside 2 s.

@@ -41,12 +41,12 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from agentwire.config import Config
-from agentwire.connection import serve
+from agentwire.connection import serve, sink_of
 from agentwire.console import Console
 from agentwire.console.permissions import DecisionIn
 from agentwire.console.runtime import Lane
 from agentwire.console.transcript import CatchUpFold
-from agentwire.hub import Hub, Outbox, Subscription
+from agentwire.hub import Hub, Outbox, Sink, Subscription
 from agentwire.resume import MAX_SEQ, after_position
 from agentwire.types import (
     JSON,
@@ -98,8 +98,31 @@ def ws_control(stream: str, type: str, data: JSON, seq: int | None = None) -> by
     return orjson.dumps({"stream": stream, "type": type, "data": data}) + b"\n"
 
 
+def ws_wire(payload: bytes) -> bytes:
+    """`payload` as one unmasked text frame, as a server sends it (RFC 6455 §5.2), for a `Sink`
+    that writes straight to the socket."""
+    size = len(payload)
+    if size < 126:
+        return b"\x81%c%b" % (size, payload)
+    if size < 1 << 16:
+        return b"\x81\x7e%b%b" % (size.to_bytes(2, "big"), payload)
+    return b"\x81\x7f%b%b" % (size.to_bytes(8, "big"), payload)
+
+
+def ws_wire_frame(event: Event) -> bytes:
+    """The envelope as a complete WebSocket frame, built the first time and kept on the event."""
+    frames = event.frames
+    if frames is None:
+        frames = event.frames = {}
+    frame = frames.get("ws-wire")
+    if frame is None:
+        frame = frames["ws-wire"] = ws_wire(event.raw)
+    return frame
+
+
 class WsFramer:
-    """agentwire's WebSocket framing: an event's frame built once and shared by every subscriber."""
+    """agentwire's WebSocket framing for a writer that sends through ASGI: envelopes one a line
+    (the writer cuts them into text frames); built once per event and shared by every subscriber."""
 
     transport = "ws"
 
@@ -113,8 +136,24 @@ class WsFramer:
         return ws_control(stream, type, data, seq)
 
 
+class WsWireFramer:
+    """agentwire's WebSocket framing for a `Sink`: complete frames, built once per event and shared."""
+
+    transport = "ws"
+
+    def event(self, event: Event) -> bytes:
+        return ws_wire_frame(event)
+
+    def events(self, events: Sequence[Event]) -> bytes:
+        return b"".join([ws_wire(event.raw) for event in events])  # replayed: seen once, not cached
+
+    def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
+        return ws_wire(orjson.dumps({"stream": stream, "type": type, "data": data}))
+
+
 WS = WsFramer()
-PING = b'{"op":"ping"}\n'  # put by the hub's heartbeat into an outbox idle for that long
+WS_WIRE = WsWireFramer()
+PING = b'{"op":"ping"}'  # put by the hub's heartbeat into an outbox idle for that long
 
 
 def close_for(reason: str | None) -> tuple[int, str]:
@@ -137,7 +176,7 @@ class WebSocketEndpoint:
         if (await receive())["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        await _Connection(self).run(receive, send)
+        await _Connection(self, sink_of(scope)).run(receive, send)
 
 
 def route(hub: Hub, console: Console, config: Config) -> WebSocketRoute:
@@ -149,7 +188,11 @@ class _Connection:
     frame per envelope (the hub's heartbeat puts a ping into an idle outbox); the reader handles
     requests one at a time, in order, and ends on a disconnect or a frame that closes the socket."""
 
-    def __init__(self, endpoint: WebSocketEndpoint) -> None:
+    def __init__(self, endpoint: WebSocketEndpoint, sink: Sink | None) -> None:
+        self.sink = sink
+        # With a sink, whole frames go straight to the socket; otherwise envelope lines, framed by
+        # the writer through ASGI.
+        self.framer: WsFramer | WsWireFramer = WS if sink is None else WS_WIRE
         self.hub = endpoint.hub
         self.console = endpoint.console
         self.config = endpoint.config
@@ -161,7 +204,7 @@ class _Connection:
         }
 
     async def run(self, receive: Receive, send: Send) -> None:
-        self.hub.register(self.outbox, PING)
+        self.hub.register(self.outbox, self._text(PING))
         try:
             async def write(chunks: list[bytes]) -> None:
                 sent = 0
@@ -173,7 +216,7 @@ class _Connection:
                             if sent % YIELD_EVERY == 0:
                                 await asyncio.sleep(0)
 
-            outcome = await serve(self.outbox, self.hub.flusher, sink=None, write=write, read=self._read(receive))
+            outcome = await serve(self.outbox, self.hub.flusher, sink=self.sink, write=write, read=self._read(receive))
             self._close()  # counted as ended (a slow cut, too) before the close frame may wait for the client
             code: int | None = None
             reason = ""
@@ -242,8 +285,11 @@ class _Connection:
             return
         self._reply(_with_ref({"op": "ack"}, ref) | result)
 
+    def _text(self, payload: bytes) -> bytes:
+        return payload + b"\n" if self.sink is None else ws_wire(payload)
+
     def _reply(self, message: JSON) -> None:
-        self.outbox.put(orjson.dumps(message) + b"\n")
+        self.outbox.put(self._text(orjson.dumps(message)))
 
     # ops
 
@@ -266,7 +312,8 @@ class _Connection:
             raise AgentwireError(f"unknown stream {stream[:80]!r}: use 'tasks' or 'konsole/<session>'",
                                  code="bad_stream", field="stream")
         self.subscriptions[stream] = await self.hub.subscribe(
-            stream, self.outbox, WS, after, default_at_head=at_head, replay=CatchUpFold() if frame.fold else None)
+            stream, self.outbox, self.framer, after, default_at_head=at_head,
+            replay=CatchUpFold() if frame.fold else None)
         return {"stream": stream}
 
     async def _unsubscribe(self, request: JSON) -> JSON:
