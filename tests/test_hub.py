@@ -353,7 +353,7 @@ def test_outbox_bounds_bytes_and_ends_two_ways() -> None:
     async def main() -> None:
         aborts: list[int] = []
         outbox = Outbox(100)
-        outbox.on_abort = lambda: aborts.append(1)
+        outbox.on_end = lambda: aborts.append(1)
         assert await outbox.take(0.01) == []  # nothing yet
         assert outbox.put(b"a" * 40) and outbox.put(b"b" * 40)
         replay = asyncio.ensure_future(outbox.wait_space())

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from agentwire.hub import Flusher, Outbox, Sink
 
@@ -38,10 +38,33 @@ class Outcome(Generic[T]):
     failed: bool = False
 
 
+class BodySink(Sink, Protocol):
+    """The sink of an HTTP response body, which can also outlive the app's call (SSE streams)."""
+
+    def detach(self) -> None:
+        """The app returns while the body goes on: the server neither ends the response nor reads
+        another request from the connection; the app's `end` or `drop` closes it."""
+        ...
+
+    def end(self, grace: float) -> None:
+        """End the body and close the connection; dropped if the client has not taken what is
+        left within `grace` seconds (a client that stopped reading)."""
+        ...
+
+    def drop(self) -> None:
+        """Close the connection at once, dropping what it still buffers."""
+        ...
+
+
 def sink_of(scope: Any) -> Sink | None:
     offer = scope.get("extensions", {}).get(SINK_EXTENSION)
     sink: Sink | None = offer["sink"]() if offer is not None else None
     return sink
+
+
+def body_sink_of(scope: Any) -> BodySink | None:
+    """An HTTP response's sink (agentwire's HTTP protocol offers `BodySink`s)."""
+    return cast(BodySink | None, sink_of(scope))
 
 
 async def serve(outbox: Outbox, flusher: Flusher, *, sink: Sink | None,
@@ -67,7 +90,7 @@ async def serve(outbox: Outbox, flusher: Flusher, *, sink: Sink | None,
             def stop_writer() -> None:
                 drain.cancel()
 
-            outbox.on_abort = stop_writer
+            outbox.on_end = stop_writer
             if outbox.reason is not None:
                 writer.cancel()
             await asyncio.wait({writer} if reader is None else {writer, reader},

@@ -91,8 +91,9 @@ class Outbox:
     `Flusher` that writes it straight to the socket at the end of the loop tick. `put` never waits:
     past the limit (bytes queued here plus bytes the sink still holds) the outbox aborts with
     reason "slow" and drops what it held. `finish` ends it once what is queued has been written;
-    `abort` ends it now, and calls `on_abort` once (a transport stops its writer there, which may
-    be blocked sending to a client that stopped reading).
+    `abort` ends it now. `on_end` is called once when it has ended: at once on an abort (a transport
+    stops its writer there, which may be blocked sending to a client that stopped reading), or,
+    with a sink, once finished and written out.
     """
 
     __slots__ = (
@@ -107,7 +108,7 @@ class Outbox:
         "active_at",
         "finished",
         "limit",
-        "on_abort",
+        "on_end",
         "reason",
     )
 
@@ -123,7 +124,7 @@ class Outbox:
         self._ended: asyncio.Future[None] | None = None
         self.reason: str | None = None
         self.finished = False
-        self.on_abort: Callable[[], None] | None = None
+        self.on_end: Callable[[], None] | None = None
         self.active_at = time.monotonic()  # when something was last taken or written
         self._sink: Sink | None = None
         self._flusher: Flusher | None = None
@@ -252,6 +253,9 @@ class Outbox:
     def _end(self) -> None:
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
 
     def finish(self) -> None:
         self.finished = True
@@ -273,8 +277,6 @@ class Outbox:
             self._space.set()
         if first:
             self._end()
-            if self.on_abort is not None:
-                self.on_abort()
 
 
 class Replay(Protocol):

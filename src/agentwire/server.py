@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,9 @@ class HttpProtocol(HttpToolsProtocol):
     # Called once when the connection is lost (set by a `_Sink`).
     on_lost: Callable[[], None] | None = None
 
+    # A response that goes on after the app's call (`BodySink.detach`): incoming bytes are ignored.
+    detached = False
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {**self.scope.get("extensions", {}),
@@ -52,6 +56,10 @@ class HttpProtocol(HttpToolsProtocol):
                 return None
 
             self.scope["extensions"][SINK_EXTENSION] = {"sink": sink}
+
+    def data_received(self, data: bytes) -> None:
+        if not self.detached:
+            super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -72,7 +80,7 @@ class _Sink:
         self.transport = protocol.transport
 
     def write(self, data: bytes) -> None:
-        if not self.cycle.disconnected and not self.cycle.response_complete:
+        if not self.transport.is_closing() and not self.cycle.disconnected:
             self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
     def buffered(self) -> int:
@@ -86,6 +94,25 @@ class _Sink:
             callback()
         else:
             self.protocol.on_lost = callback
+
+    def detach(self) -> None:
+        # uvicorn takes a response marked complete as ended by the app: no "returned without
+        # completing response" close, no keep-alive reuse (nor its timer: `on_response` is not run).
+        self.cycle.response_complete = True
+        self.cycle.keep_alive = False
+        self.protocol.detached = True
+
+    def end(self, grace: float) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.write(b"0\r\n\r\n")
+        transport.close()  # after what is buffered has been sent
+        if transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(grace, transport.abort)
+
+    def drop(self) -> None:
+        self.transport.abort()
 
 
 class WsProtocol(WebSocketsSansIOProtocol):

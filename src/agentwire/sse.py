@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from agentwire.connection import serve, sink_of
+from agentwire.connection import BodySink, body_sink_of, serve, sink_of
 from agentwire.hub import EventTest, Flusher, Framer, Hub, Outbox, Replay
 from agentwire.resume import requested_after
 from agentwire.types import JSON, Event
@@ -85,16 +85,21 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, outbox: Outbox, flusher: Flusher, *, retry_ms: int, on_close: Callable[[], None]) -> None:
+    def __init__(self, outbox: Outbox, flusher: Flusher, *, retry_ms: int, on_close: Callable[[], None],
+                 open_ended: bool = True) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
         self.outbox = outbox
         self.flusher = flusher
         self.retry_ms = retry_ms
         self.on_close = on_close
+        # A stream that ends only when the client leaves or the server cuts it may outlive the
+        # app's call on a `BodySink`: nothing but its outbox and subscription stay while it idles.
+        self.open_ended = open_ended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Headers a route set on this response (e.g. x-agentwire-turn) go out too; content-type is ours.
         extra = [(name, value) for name, value in self.raw_headers if name not in (b"content-type", b"content-length")]
+        detached = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS + extra})
             await send({"type": "http.response.body", "body": b"retry: %d\n\n" % self.retry_ms,
@@ -104,6 +109,10 @@ class EventStreamResponse(Response):
                 await send({"type": "http.response.body", "body": chunks[0] if len(chunks) == 1 else b"".join(chunks),
                             "more_body": True})
 
+            if self.open_ended and (body := body_sink_of(scope)) is not None:
+                detached = True
+                self._detach(body)
+                return
             sink = sink_of(scope)
             # With a sink, the server aborts the outbox when the client leaves: nothing needs to listen.
             outcome = await serve(self.outbox, self.flusher, sink=sink, write=write,
@@ -117,8 +126,27 @@ class EventStreamResponse(Response):
             elif outcome.reason == "slow" or not await _end_within(send, END_GRACE):
                 await _drop_connection(scope, receive)
         finally:
-            self.outbox.abort("closed")
+            if not detached:
+                self.outbox.abort("closed")
+                self.on_close()
+
+    def _detach(self, sink: BodySink) -> None:
+        """Hand the stream to the sink and the hub's flusher: no task or coroutine stays with it."""
+        outbox = self.outbox
+
+        def ended() -> None:
             self.on_close()
+            if outbox.reason == "shutdown":
+                sink.end(END_GRACE)
+            else:  # "slow" (a client that stopped reading), or "closed": the client has gone
+                sink.drop()
+
+        if outbox.reason is not None:
+            ended()
+            return
+        outbox.on_end = ended
+        outbox.attach(sink, self.flusher)
+        sink.detach()
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -174,4 +202,4 @@ async def stream_response(request: Request, hub: Hub, stream: str, *, retry_ms: 
         subscription.close()
         hub.unregister(outbox)
 
-    return EventStreamResponse(outbox, hub.flusher, retry_ms=retry_ms, on_close=closed)
+    return EventStreamResponse(outbox, hub.flusher, retry_ms=retry_ms, on_close=closed, open_ended=until is None)
