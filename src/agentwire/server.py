@@ -101,6 +101,10 @@ class _Sink:
         self.cycle.response_complete = True
         self.cycle.keep_alive = False
         self.protocol.detached = True
+        # Nothing reads the request's scope any more (no send, no access log, no next request):
+        # let it go with all a framework stored in it, which would otherwise stay per idle stream.
+        self.cycle.scope = self.protocol.scope = {}  # type: ignore[typeddict-item]
+        self.protocol.headers = []
 
     def end(self, grace: float) -> None:
         transport = self.transport
