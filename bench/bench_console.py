@@ -28,7 +28,16 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from common import call_json, cpu_seconds, die_with_parent, free_port, raise_nofile, server_argv, stop_process
+from common import (
+    call_json,
+    cpu_seconds,
+    die_with_parent,
+    free_port,
+    pin_clients,
+    raise_nofile,
+    server_argv,
+    stop_process,
+)
 
 HOST = "127.0.0.1"
 TS = re.compile(rb'"ts":(\d+)')
@@ -188,6 +197,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
+    print(pin_clients(), flush=True)
     print(json.dumps(run(args.sessions, args.viewers, args.rate, args.seconds), indent=2))
 
 
