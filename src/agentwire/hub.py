@@ -1,9 +1,11 @@
 """The in-process fan-out: journal → subscribers, encode once, never block the producer.
 
 One listener on the journal receives every stored event and offers it to the subscriptions of its
-stream. Each subscription writes into its connection's `Outbox`, a bounded byte buffer drained by
-the transport's writer; a subscriber whose outbox overflows is disconnected ("slow") and resumes
-from its last seq. Replay and live delivery are one path: a subscription reads the journal from its
+stream. Each subscription frames it with its transport's `Framer` (once per event, shared by every
+subscriber) into its connection's `Outbox`, a bounded byte queue drained by the transport's writer
+or, on agentwire's own server protocols, written straight to the socket by the `Flusher` once per
+loop tick for all connections; a subscriber whose outbox overflows is disconnected ("slow") and
+resumes from its last seq. Replay and live delivery are one path: a subscription reads the journal from its
 position until it has caught up with what the hub has passed on, then joins the live set, with no
 await between the check and the join; any later jump in seq sends it back to the journal.
 """
