@@ -635,3 +635,23 @@ def test_ws_client_gives_up_on_a_refused_token(make_server: ServerFactory) -> No
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
     wait_for(lambda: served.http.get("/healthz").json()["streams_open"] == 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 70_000])
+def test_frames_written_straight_to_the_socket_are_what_a_websocket_client_reads(size: int) -> None:
+    """The sink path builds server frames itself (once per event); websockets' own client parser
+    must read them as the text messages they carry, at each of the three length encodings."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    from agentwire.ws import ws_wire
+
+    reader = ClientProtocol(parse_uri("ws://127.0.0.1/api/ws"), max_size=None, state=State.OPEN)
+    payload = b"x" * size
+    reader.receive_data(ws_wire(payload) + ws_wire(b'{"op":"ping"}'))
+    frames = reader.events_received()
+    assert [(frame.opcode, frame.data) for frame in frames if isinstance(frame, Frame)] == [
+        (Opcode.TEXT, payload), (Opcode.TEXT, b'{"op":"ping"}')]
+    assert len(frames) == 2
