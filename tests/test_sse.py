@@ -230,3 +230,50 @@ def test_a_malformed_position_is_a_400_naming_the_field_not_a_hang(server: Serve
         assert error["code"] == "bad_position" and error["field"] == field
         assert field in error["message"]
     assert server.http.get("/healthz").json()["streams_open"] == 0
+
+
+def test_idle_streams_hold_no_task_and_still_get_events_and_notice_a_client_leaving() -> None:
+    """Issue 13: an open SSE stream is written by the hub's flusher straight to the socket, so
+    streams that idle cost no task each (nor a coroutine); they still get every event, and a
+    client that leaves is noticed (its subscription ends) without a task listening for it."""
+    import asyncio
+    import socket
+
+    from tests.support.server import served_in_thread
+
+    streams = 30
+    with served_in_thread() as served, httpx.Client(base_url=served.url, timeout=30) as http:
+
+        async def count() -> int:
+            return len(asyncio.all_tasks())
+
+        def tasks_now() -> int:
+            return asyncio.run_coroutine_threadsafe(count(), served.loop).result(10)
+
+        def open_streams() -> int:
+            return int(http.get("/healthz").json()["streams_open"])
+
+        before = tasks_now()
+        socks = []
+        for _ in range(streams):
+            sock = socket.create_connection(("127.0.0.1", served.config.port), timeout=10)
+            sock.sendall(b"GET /api/stream/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+            socks.append(sock)
+        deadline = time.monotonic() + 20
+        while open_streams() < streams:
+            assert time.monotonic() < deadline, "the streams did not open"
+            time.sleep(0.02)
+        assert tasks_now() - before < streams  # less than one task per open stream
+        card = http.post("/api/tasks", json={"title": "seen by every stream"})
+        assert card.status_code == 201
+        for sock in socks:
+            received = b""
+            while b"seen by every stream" not in received:
+                chunk = sock.recv(65536)
+                assert chunk, "a stream ended before the event"
+                received += chunk
+        for sock in socks:
+            sock.close()
+        while open_streams() > 0:
+            assert time.monotonic() < deadline + 20, "closed clients still counted as open streams"
+            time.sleep(0.02)
