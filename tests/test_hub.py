@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from agentwire.client import SseMessage, SseParser
-from agentwire.hub import REPLAY_PAGE, Hub, Outbox
+from agentwire.hub import REPLAY_PAGE, Flusher, Hub, Outbox
 from agentwire.journal import Journal
 from agentwire.journal.memory import MemoryJournal
 from agentwire.journal.sqlite import SqliteJournal
@@ -416,5 +416,56 @@ def test_one_event_bigger_than_the_buffer_still_reaches_a_reader_that_keeps_up(m
             replayed = Reader(again)
             await replayed.until_seq(2)
             assert replayed.seqs == [1, 2] and again.reason is None
+
+    run(main())
+
+
+class ListSink:
+    """A connection that keeps what is written to it (or fails, as a socket can)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.written: list[bytes] = []
+        self.held = 0
+        self.fail = fail
+        self.lost: Any = None
+
+    def write(self, data: bytes) -> None:
+        if self.fail:
+            raise RuntimeError("the transport is closed")
+        self.written.append(data)
+
+    def buffered(self) -> int:
+        return self.held
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0)
+
+    def on_lost(self, callback: Any) -> None:
+        self.lost = callback
+
+
+def test_a_flusher_writes_each_sink_once_per_tick_and_one_failing_spares_the_rest() -> None:
+    async def main() -> None:
+        flusher = Flusher()
+        failing, good = Outbox(1000), Outbox(1000)
+        failing_sink, good_sink = ListSink(fail=True), ListSink()
+        failing.attach(failing_sink, flusher)
+        good.attach(good_sink, flusher)
+        for outbox in (failing, good):
+            assert outbox.put(b"a") and outbox.put(b"b")
+        assert good_sink.written == []  # nothing before the end of the tick
+        await asyncio.sleep(0)
+        assert good_sink.written == [b"ab"]  # one write for everything of the tick
+        assert failing.reason == "error" and good.reason is None
+        # What the connection still holds counts toward the limit: a reader that stopped is cut.
+        good_sink.held = 900
+        assert not good.put(b"x" * 200)
+        assert good.reason == "slow"
+        # The client leaving ends the outbox, with no task waiting for it.
+        left, sink = Outbox(), ListSink()
+        left.attach(sink, flusher)
+        sink.lost()
+        assert left.reason == "closed"
+        await asyncio.wait_for(left.ended(), 1)
 
     run(main())

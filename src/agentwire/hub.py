@@ -13,6 +13,7 @@ await between the check and the join; any later jump in seq sends it back to the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -22,6 +23,8 @@ from agentwire.journal import Journal
 from agentwire.metrics import Metrics
 from agentwire.resume import resolve
 from agentwire.types import JSON, Append, Event, Unavailable
+
+log = logging.getLogger("agentwire.hub")
 
 REPLAY_PAGE = 1000
 DEFAULT_BUFFER = 1 << 20
@@ -83,7 +86,12 @@ class Flusher:
         self._handle = None
         pending, self._pending = self._pending, []
         for outbox in pending:
-            outbox.flush()
+            try:
+                outbox.flush()
+            except Exception:
+                # One connection's failure must not leave the others of this tick unwritten.
+                log.exception("writing to a connection failed")
+                outbox.abort("error")
 
 
 class Outbox:
