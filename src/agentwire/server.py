@@ -80,7 +80,8 @@ class _Sink:
         self.transport = protocol.transport
 
     def write(self, data: bytes) -> None:
-        if not self.transport.is_closing() and not self.cycle.disconnected:
+        # An empty chunk would end the chunked body (a framer may frame a message as nothing).
+        if data and not self.transport.is_closing() and not self.cycle.disconnected:
             self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
     def buffered(self) -> int:
@@ -155,7 +156,7 @@ class _WsSink:
 
     def write(self, data: bytes) -> None:
         protocol = self.protocol
-        if not protocol.close_sent and not protocol.disconnected and protocol.conn.state is WsState.OPEN:
+        if data and not protocol.close_sent and not protocol.disconnected and protocol.conn.state is WsState.OPEN:
             self.transport.write(data)
 
     def buffered(self) -> int:
