@@ -20,7 +20,42 @@ from agentwire.connection import SINK_EXTENSION
 from agentwire.sse import ABORT_EXTENSION
 
 
-class HttpProtocol(HttpToolsProtocol):
+class _NoticesLoss(asyncio.Protocol):
+    """A protocol that calls `on_lost` (set by its sink) once when its connection is lost."""
+
+    on_lost: Callable[[], None] | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        lost = self.on_lost
+        if lost is not None:
+            self.on_lost = None
+            lost()
+
+
+class _SocketSink:
+    """What both sinks share: the transport's buffer, and the protocol's loss notice."""
+
+    __slots__ = ("protocol", "transport")
+
+    def __init__(self, protocol: _NoticesLoss, transport: asyncio.WriteTransport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+
+    def gone(self) -> bool:
+        return self.transport.is_closing()
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        if self.gone():
+            callback()
+        else:
+            self.protocol.on_lost = callback
+
+
+class HttpProtocol(_NoticesLoss, HttpToolsProtocol):
     """uvicorn's httptools protocol, offering two ASGI extensions.
 
     - `scope["extensions"]["agentwire.abort"]["abort"]()` drops the connection at once. uvicorn
@@ -33,9 +68,6 @@ class HttpProtocol(HttpToolsProtocol):
       flusher delivers to every stream in one pass per loop tick, without a writer task or the ASGI
       send chain per message; the connection's loss aborts the outbox attached to it.
     """
-
-    # Called once when the connection is lost (set by a `_Sink`).
-    on_lost: Callable[[], None] | None = None
 
     # A response that goes on after the app's call (`BodySink.detach`): incoming bytes are ignored.
     detached = False
@@ -61,51 +93,38 @@ class HttpProtocol(HttpToolsProtocol):
         if not self.detached:
             super().data_received(data)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        lost = self.on_lost
-        if lost is not None:
-            self.on_lost = None
-            lost()
 
-
-class _Sink:
+class _Sink(_SocketSink):
     """The body of one chunked response, written directly (see `HttpProtocol`)."""
 
-    __slots__ = ("cycle", "protocol", "transport")
+    __slots__ = ("cycle", "http")
 
     def __init__(self, protocol: HttpProtocol, cycle: RequestResponseCycle) -> None:
-        self.protocol = protocol
+        super().__init__(protocol, protocol.transport)
+        self.http = protocol
         self.cycle = cycle
-        self.transport = protocol.transport
+
+    def gone(self) -> bool:
+        return self.cycle.disconnected or self.transport.is_closing()
 
     def write(self, data: bytes) -> None:
         # An empty chunk would end the chunked body (a framer may frame a message as nothing).
         if data and not self.transport.is_closing() and not self.cycle.disconnected:
             self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size()
-
     async def drain(self) -> None:
         await self.cycle.flow.drain()
-
-    def on_lost(self, callback: Callable[[], None]) -> None:
-        if self.cycle.disconnected or self.transport.is_closing():
-            callback()
-        else:
-            self.protocol.on_lost = callback
 
     def detach(self) -> None:
         # uvicorn takes a response marked complete as ended by the app: no "returned without
         # completing response" close, no keep-alive reuse (nor its timer: `on_response` is not run).
         self.cycle.response_complete = True
         self.cycle.keep_alive = False
-        self.protocol.detached = True
+        self.http.detached = True
         # Nothing reads the request's scope any more (no send, no access log, no next request):
         # let it go with all a framework stored in it, which would otherwise stay per idle stream.
-        self.cycle.scope = self.protocol.scope = {}  # type: ignore[typeddict-item]
-        self.protocol.headers = []
+        self.cycle.scope = self.http.scope = {}  # type: ignore[typeddict-item]
+        self.http.headers = []
 
     def end(self, grace: float) -> None:
         transport = self.transport
@@ -120,12 +139,10 @@ class _Sink:
         self.transport.abort()
 
 
-class WsProtocol(WebSocketsSansIOProtocol):
+class WsProtocol(_NoticesLoss, WebSocketsSansIOProtocol):
     """uvicorn's websockets (sans-I/O) protocol, offering the `agentwire.sink` extension too: a
     `hub.Sink` that writes complete WebSocket frames (built once per event and shared, `ws.py`)
     straight to the socket, on a connection that negotiated no extension (no compression)."""
-
-    on_lost: Callable[[], None] | None = None
 
     def handle_connect(self, event: WsRequest) -> None:
         super().handle_connect(event)
@@ -137,39 +154,25 @@ class WsProtocol(WebSocketsSansIOProtocol):
             return _WsSink(self)
         return None
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        lost = self.on_lost
-        if lost is not None:
-            self.on_lost = None
-            lost()
-
-
-class _WsSink:
+class _WsSink(_SocketSink):
     """Frames written directly to an open WebSocket (see `WsProtocol`)."""
 
-    __slots__ = ("protocol", "transport")
+    __slots__ = ("ws",)
 
     def __init__(self, protocol: WsProtocol) -> None:
-        self.protocol = protocol
-        self.transport = protocol.transport
+        super().__init__(protocol, protocol.transport)
+        self.ws = protocol
+
+    def gone(self) -> bool:
+        return self.ws.disconnected or self.transport.is_closing()
 
     def write(self, data: bytes) -> None:
-        protocol = self.protocol
+        protocol = self.ws
         if data and not protocol.close_sent and not protocol.disconnected and protocol.conn.state is WsState.OPEN:
             self.transport.write(data)
 
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size()
-
     async def drain(self) -> None:
-        await self.protocol.writable.wait()
-
-    def on_lost(self, callback: Callable[[], None]) -> None:
-        if self.protocol.disconnected or self.transport.is_closing():
-            callback()
-        else:
-            self.protocol.on_lost = callback
+        await self.ws.writable.wait()
 
 
 def uvicorn_options(config: Config) -> dict[str, Any]:
