@@ -25,7 +25,6 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Playwright, Route
 
 import agentwire
-from agentwire.config import Config
 from tests.support.browser import (
     CHROMIUM_ARGS,
     RECONNECTING,
@@ -36,10 +35,10 @@ from tests.support.browser import (
     new_context,
     session_state,
     wait_idle,
-    wait_until,
 )
+from tests.support.eventually import eventually
 from tests.support.proxy import TcpProxy
-from tests.support.server import ServerProcess, free_port, running_app
+from tests.support.server import ServerProcess, running_app
 
 pytestmark = [
     pytest.mark.browser,
@@ -492,7 +491,7 @@ def test_measure_first_token_and_catch_up(server: ServerProcess, browser: Browse
     for index in range(5):
         dash.send(f"ping {index}")
         dash.wait_turns_done(index + 1)
-        pending = wait_until(lambda: (m := dash.metrics()["pending"]).get("firstTextMs") is not None and m)
+        pending = eventually(lambda: (m := dash.metrics()["pending"]).get("firstTextMs") is not None and m)
         first_text.append(pending["firstTextMs"])
 
     session = _name("catchup")
@@ -557,9 +556,9 @@ def test_seed_cards_render_faithfully(server: ServerProcess, browser: Browser, c
     choices = seed_004.locator("button.choice")
     assert choices.all_inner_texts() == ["SSE first", "WebSocket now", "Hybrid approach"]
     assert "primary" in (choices.first.get_attribute("class") or "")
-    details = seed_004.locator(".task-details dl").inner_text()
-    assert "5 Jan 2026, 11:49 am" in details and "5 Jan 2026, 12:01 pm" in details
-    assert "architecture, websocket, quick-turn, sse" in details
+    listed = seed_004.locator(".task-details dl").inner_text()
+    assert "5 Jan 2026, 11:49 am" in listed and "5 Jan 2026, 12:01 pm" in listed
+    assert "architecture, websocket, quick-turn, sse" in listed
 
     seed_000 = page.locator(f"article.task[data-id='{seeds[0]['id']}']")
     assert seed_000.locator("button.choice").count() == 0
@@ -655,10 +654,11 @@ def test_switching_transport_mid_turn_resumes_at_the_last_seq(server: ServerProc
 
 def test_the_token_link_signs_the_page_in_for_every_transport(browser: Browser, contexts: list[BrowserContext]) -> None:
     token = "dashboard-test-token-123456"
-    with running_app(Config(port=free_port(), journal="memory://", token=token, heartbeat=1)) as (url, _):
+    with running_app(token=token, heartbeat=1) as (url, _):
         context = _context(browser, contexts)
         page = context.new_page()
-        assert page.goto(f"{url}/").status == 401
+        refused = page.goto(f"{url}/")
+        assert refused is not None and refused.status == 401
         page.goto(f"{url}/?token={token}")  # sets the cookie and lands on the dashboard
         page.wait_for_selector("#net-status[data-state='connected']")
         assert page.url.startswith(f"{url}/#/s/")
@@ -769,7 +769,7 @@ def test_task_output_loads_no_remote_image(server: ServerProcess, context: Brows
     # The same image on a page without those policies is asked for: the count above means something.
     page = context.new_page()
     page.set_content('<img src="https://tracker.example/control.gif">')
-    wait_until(lambda: "https://tracker.example/control.gif" in asked, timeout=10)
+    eventually(lambda: "https://tracker.example/control.gif" in asked, timeout=10)
     assert not dash.errors
 
 
@@ -778,7 +778,7 @@ def test_a_page_of_another_origin_cannot_open_the_dashboards_websocket(browser: 
     """The attack of the issue: a page on another port of 127.0.0.1 (the same site, so the
     SameSite=Strict cookie goes along) opens /api/ws with the signed-in user's cookie."""
     token = "cross-site-test-token-123456"
-    with running_app(Config(port=free_port(), journal="memory://", token=token, heartbeat=1)) as (url, _):
+    with running_app(token=token, heartbeat=1) as (url, _):
         context = _context(browser, contexts)
         page = context.new_page()
         page.goto(f"{url}/?token={token}")  # signed in: the cookie is set

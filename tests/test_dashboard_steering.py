@@ -12,7 +12,8 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, Request
 
-from tests.support.browser import Dashboard, chromium_path, create_session, wait_until
+from tests.support.browser import Dashboard, chromium_path, create_session
+from tests.support.eventually import eventually
 from tests.support.server import ServerProcess
 
 pytestmark = [
@@ -67,7 +68,7 @@ def test_a_write_request_waits_in_a_card_and_allow_lets_the_turn_go_on(server: S
     buttons = page.eval_on_selector_all(f"{CARD} button", "els => els.map(e => e.textContent)")
     assert buttons == ["Allow y", "Deny n", "Always allow every Write a"]
     # The agent waits, and says so: header, the session's badge, the page title.
-    wait_until(lambda: page.inner_text("#agent-state") == "waiting for your answer")
+    eventually(lambda: page.inner_text("#agent-state") == "waiting for your answer")
     assert page.inner_text(f"#session-list [data-session='{session}'] .permission-badge") == "⚠ 1"
     assert page.title() == f"⚠ 1 waiting · {session} — agentwire"
     # Nothing is typed, so the card has the focus: Enter or a shortcut answers it.
@@ -150,7 +151,7 @@ def test_another_sessions_waiting_request_shows_in_the_list_and_the_title(server
     with httpx.stream("POST", f"{server.url}/api/konsole/{waiting}/stream", json={"message": "Take notes"},
                       timeout=30) as response:
         assert response.status_code == 200
-        request_id = wait_until(lambda: next(iter(
+        request_id = eventually(lambda: next(iter(
             httpx.get(f"{server.url}/api/konsole/{waiting}/state", timeout=10).json()["permissions"]), None))[
             "request_id"]
     dash = Dashboard.open(context, server.url, quiet)
@@ -164,6 +165,6 @@ def test_another_sessions_waiting_request_shows_in_the_list_and_the_title(server
     page.wait_for_selector(f"{CARD}.permission-pending[data-request='{request_id}']")
     page.click(f"{CARD} button[data-decision='deny']")
     page.wait_for_selector(f"{CARD}.permission-denied")
-    wait_until(lambda: page.title() == f"{waiting} — agentwire")
+    eventually(lambda: page.title() == f"{waiting} — agentwire")
     assert badge.count() == 0
     assert not dash.errors

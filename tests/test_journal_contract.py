@@ -218,8 +218,10 @@ def test_streams_are_independent(journal_at: Any) -> None:
 def test_listener_sees_each_event_only_after_it_is_stored_and_in_order(backend: Backend, journal_at: Any) -> None:
     seen: list[tuple[str, int]] = []
     problems: list[str] = []
+    journal: Journal | None = None  # the listener's view of the store, set once it is open
 
     def listener(event: Event) -> None:
+        assert journal is not None
         seen.append((event.stream, event.seq))
         if event.seq not in backend.stored(journal, event.stream):
             problems.append(f"{event.stream}#{event.seq} reached the listener before the store")
@@ -230,17 +232,16 @@ def test_listener_sees_each_event_only_after_it_is_stored_and_in_order(backend: 
         nonlocal journal
         async with journal_at() as opened:
             journal = opened
-            journal.set_listener(listener)
-            await journal.watch("x")
-            await journal.watch("y")
+            opened.set_listener(listener)
+            await opened.watch("x")
+            await opened.watch("y")
             await asyncio.gather(
-                *(journal.append(item("x", n)) for n in range(30)),
-                *(journal.append_many([item("y", n), item("x", 100 + n)]) for n in range(10)),
-                journal.append(Append("y", "with.doc", {"doc": "d1"}, doc=Doc("thing", "d1", {"v": 1}))),
+                *(opened.append(item("x", n)) for n in range(30)),
+                *(opened.append_many([item("y", n), item("x", 100 + n)]) for n in range(10)),
+                opened.append(Append("y", "with.doc", {"doc": "d1"}, doc=Doc("thing", "d1", {"v": 1}))),
             )
-            await journal.append(item("x", 999))
+            await opened.append(item("x", 999))
 
-    journal: Journal = None  # type: ignore[assignment]
     run(main())
     assert problems == []
     for stream, count in (("x", 41), ("y", 11)):

@@ -25,7 +25,9 @@ from agentwire.journal import Journal, open_journal
 from agentwire.journal.redis import BLOCK_MS, RedisJournal
 from agentwire.resume import resolve
 from agentwire.types import Append, Doc, Event, Unavailable
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.eventually import eventually_async
+from tests.support.net import free_port
+from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis]
 
@@ -34,14 +36,6 @@ _spaces = itertools.count()
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 60))
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +79,7 @@ def test_envelope_bytes_are_the_same_everywhere(url: str) -> None:
                                 turn=event.turn, lane=event.lane)
             assert event.raw == built.raw
             assert event.envelope == orjson.loads(event.raw)
-        await eventually(lambda: len(seen) == 3, what="live events")
+        await eventually_async(lambda: len(seen) == 3, what="live events")
         stored = await other.read("konsole/a", 0, 10)
         assert [e.raw for e in stored] == [e.raw for e in seen] == [e.raw for e in appended]
         assert [(e.seq, e.stream, e.type) for e in stored] == [(1, "konsole/a", "text.delta"),
@@ -337,10 +331,10 @@ def test_live_reader_follows_a_stream_wiped_under_it(tmp_path: Path) -> None:
         watcher.set_listener(seen.append)
         await watcher.watch("s")
         await writer.append_many(items("s", 5))
-        await eventually(lambda: len(seen) == 5, what="first history")
+        await eventually_async(lambda: len(seen) == 5, what="first history")
         server.flushall()
         await writer.append_many(items("s", 2, after="wipe"))
-        await eventually(lambda: len(seen) == 7, timeout=3 * BLOCK_MS / 1000, what="the new history")
+        await eventually_async(lambda: len(seen) == 7, timeout=3 * BLOCK_MS / 1000, what="the new history")
         assert [e.seq for e in seen] == [1, 2, 3, 4, 5, 1, 2]
         assert seen[-1].data["after"] == "wipe"
         await writer.close()
@@ -363,7 +357,7 @@ def test_reader_delivers_what_another_instance_appends(url: str) -> None:
         for i in range(20):
             await writer.append(Append("a" if i % 3 else "b", "e", {"i": i}))
         await writer.append_many(items("a", 50))
-        await eventually(lambda: len(seen) == 70, what="70 live events")
+        await eventually_async(lambda: len(seen) == 70, what="70 live events")
         for stream in ("a", "b"):
             mine = [e.seq for e in seen if e.stream == stream]
             assert mine == list(range(1, len(mine) + 1))
@@ -404,7 +398,7 @@ def test_watch_starts_after_the_current_head(url: str) -> None:
         await writer.append_many(items("s", 3))
         assert await watcher.watch("s") == 3  # what the hub must read from the journal itself
         await writer.append_many(items("s", 2))
-        await eventually(lambda: len(seen) == 2, what="events after the head")
+        await eventually_async(lambda: len(seen) == 2, what="events after the head")
         assert [e.seq for e in seen] == [4, 5]
         assert await watcher.watch("s") == 5  # watched already: what has been passed on
         await watcher.unwatch("s")
@@ -413,7 +407,7 @@ def test_watch_starts_after_the_current_head(url: str) -> None:
         assert [e.seq for e in seen] == [4, 5]  # not watched: not followed
         assert await watcher.watch("s") == 7
         await writer.append(Append("s", "e", {}))
-        await eventually(lambda: len(seen) == 3, what="event after re-watch")
+        await eventually_async(lambda: len(seen) == 3, what="event after re-watch")
         assert seen[-1].seq == 8
         await writer.close()
         await watcher.close()
@@ -433,7 +427,7 @@ def test_watching_a_new_stream_interrupts_the_blocked_reader(url: str) -> None:
             await watcher.watch(stream)
             started_at = time.monotonic()
             await writer.append(Append(stream, "e", {}))
-            await eventually(partial(lambda s: bool(seen) and seen[-1].stream == s, stream), what=stream)
+            await eventually_async(partial(lambda s: bool(seen) and seen[-1].stream == s, stream), what=stream)
             # Well under one BLOCK period: the reader did not wait for its XREAD to time out.
             assert time.monotonic() - started_at < BLOCK_MS / 1000 / 2
         await writer.close()
@@ -450,7 +444,7 @@ def test_quiet_reader_outlives_several_block_periods(url: str, caplog: pytest.Lo
         await watcher.watch("s")
         await asyncio.sleep(1.5 * BLOCK_MS / 1000)
         await writer.append(Append("s", "e", {}))
-        await eventually(lambda: len(seen) == 1, timeout=1, what="event after a quiet spell")
+        await eventually_async(lambda: len(seen) == 1, timeout=1, what="event after a quiet spell")
         await writer.close()
         await watcher.close()
 
@@ -487,7 +481,7 @@ def test_restart_loses_nothing_acknowledged(tmp_path: Path, kill: bool) -> None:
                 i += 1
 
         task = asyncio.create_task(pump())
-        await eventually(lambda: len(acknowledged) > 200, what="appends before the stop")
+        await eventually_async(lambda: len(acknowledged) > 200, what="appends before the stop")
         await asyncio.to_thread(server.stop, kill=kill)
 
         # Down: every call fails fast and clearly, none hangs.
@@ -499,11 +493,11 @@ def test_restart_loses_nothing_acknowledged(tmp_path: Path, kill: bool) -> None:
             with pytest.raises(Unavailable, match="Redis journal unreachable"):
                 await call()
             assert time.monotonic() - began < 3
-        await eventually(lambda: failures > 3, what="failed appends while down")
+        await eventually_async(lambda: failures > 3, what="failed appends while down")
 
         await asyncio.to_thread(server.start)
         count = len(acknowledged)
-        await eventually(lambda: len(acknowledged) > count + 200, what="appends after the restart")
+        await eventually_async(lambda: len(acknowledged) > count + 200, what="appends after the restart")
         pumping = False
         await task
 
@@ -512,7 +506,7 @@ def test_restart_loses_nothing_acknowledged(tmp_path: Path, kill: bool) -> None:
         by_seq = {e.seq: e.raw for e in stored}
         assert all(by_seq.get(e.seq) == e.raw for e in acknowledged)  # nothing acknowledged lost
         # The reader came back and resumed where it was: every stored event, in order, once.
-        await eventually(lambda: bool(seen) and seen[-1].seq == stored[-1].seq, what="reader catching up")
+        await eventually_async(lambda: bool(seen) and seen[-1].seq == stored[-1].seq, what="reader catching up")
         assert [e.raw for e in seen] == [e.raw for e in stored]
         await writer.ping()
         await writer.close()

@@ -26,12 +26,12 @@ from websockets.sync.client import connect as sync_connect
 
 from agentwire import client as client_module
 from agentwire.client import Client, WsClient, ws_url
-from agentwire.config import Config
 from agentwire.console.transcript import TERMINAL
 from tests.conftest import TOKEN, Served, ServerFactory
+from tests.support.eventually import eventually
 from tests.support.proxy import TcpProxy
-from tests.support.server import free_port, served_in_thread
-from tests.support.turns import create_session, run_turn, wait_for
+from tests.support.server import served_in_thread
+from tests.support.turns import create_session, run_turn
 
 JSON = dict[str, Any]
 _names = itertools.count(1)
@@ -429,7 +429,7 @@ def test_a_frame_that_cannot_be_answered_closes_the_socket_with_its_code(make_se
         with pytest.raises(ConnectionClosed) as closed:
             p.until(lambda f: False, timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == code
-    wait_for(lambda: served.http.get("/healthz").json()["streams_open"] == 0, timeout=10)  # its subscription ended
+    eventually(lambda: served.http.get("/healthz").json()["streams_open"] == 0, timeout=10)  # its subscription ended
 
 
 def _next_answer(p: Probe) -> JSON:
@@ -464,9 +464,8 @@ def test_auth_as_for_sse(make_server: ServerFactory) -> None:
 @contextlib.contextmanager
 def _served_app(**overrides: Any) -> Iterator[tuple[Served, Any, asyncio.AbstractEventLoop]]:
     """As `running_app`, but the test gets the app and its loop (to close the hub by hand)."""
-    config = Config(**{"port": free_port(), "journal": "memory://", "no_auth": True, **overrides})
-    with served_in_thread(config) as served, httpx.Client(base_url=served.url, timeout=30) as http:
-        yield Served(served.url, config, http), served.app, served.loop
+    with served_in_thread(**overrides) as served, httpx.Client(base_url=served.url, timeout=30) as http:
+        yield Served(served.url, served.config, http), served.app, served.loop
 
 
 def test_hub_close_closes_every_socket_with_1012() -> None:
@@ -634,4 +633,4 @@ def test_ws_client_gives_up_on_a_refused_token(make_server: ServerFactory) -> No
                     pass
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
-    wait_for(lambda: served.http.get("/healthz").json()["streams_open"] == 0)
+    eventually(lambda: served.http.get("/healthz").json()["streams_open"] == 0)

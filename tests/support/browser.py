@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright
+
+from tests.support.eventually import eventually
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -123,18 +123,8 @@ def session_state(base: str, session: str) -> dict[str, Any]:
     return state
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met in {timeout}s")
-        time.sleep(interval)
-
-
 def wait_idle(base: str, session: str, timeout: float = 60.0) -> dict[str, Any]:
-    state: dict[str, Any] = wait_until(
-        lambda: (s := session_state(base, session)) and not s["running"] and not s["queued"] and s, timeout)
+    state: dict[str, Any] = eventually(
+        lambda: (s := session_state(base, session)) and not s["running"] and not s["queued"] and s, timeout,
+        f"session {session} idle", interval=0.05)
     return state

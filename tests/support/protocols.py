@@ -19,9 +19,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from agentwire.config import Config
 from agentwire.console.transcript import TERMINAL
-from tests.support.server import free_port, running_app
+from tests.support.server import running_app
 from tests.support.turns import follow_until, transcript_of
 
 JSON = dict[str, Any]
@@ -35,8 +34,7 @@ Part = tuple[Any, ...]
 @contextlib.contextmanager
 def served(directory: Path) -> Iterator[str]:
     """A server with a token (the clients send it as their own transports do) and a SQLite journal."""
-    config = Config(port=free_port(), journal=f"sqlite:///{directory / 'journal.db'}", token=TOKEN)
-    with running_app(config) as (url, _):
+    with running_app(journal=f"sqlite:///{directory / 'journal.db'}", token=TOKEN) as (url, _):
         yield url
 
 

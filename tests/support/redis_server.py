@@ -12,21 +12,16 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
 from agentwire.journal.redis import RedisJournal
+from tests.support.eventually import eventually
+from tests.support.net import free_port
 
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -60,20 +55,22 @@ class RedisServer:
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                code, self.process = self.process.returncode, None
-                raise RuntimeError(f"redis-server exited with {code}: {self._log_tail()}")
-            try:
-                if self.command("PING") == b"+PONG":
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop(kill=True)
-                raise TimeoutError(f"redis-server on port {self.port} did not answer PING: {self._log_tail()}")
-            time.sleep(0.02)
+        try:
+            eventually(self._answers, timeout, f"redis-server on port {self.port} to answer PING")
+        except AssertionError:
+            self.stop(kill=True)
+            raise AssertionError(f"redis-server on port {self.port} did not answer PING: {self._log_tail()}") from None
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            code, self.process = self.process.returncode, None
+            raise RuntimeError(f"redis-server exited with {code}: {self._log_tail()}")
+        try:
+            return self.command("PING") == b"+PONG"
+        except OSError:
+            return False
 
     def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
         """SIGTERM (Redis flushes and exits) or, with `kill`, SIGKILL (a crash)."""
