@@ -15,7 +15,7 @@ from tests.support.eventually import eventually
 from tests.support.sse import of_type
 
 if TYPE_CHECKING:
-    from tests.conftest import Served, ServerFactory
+    from tests.support.server import Served, ServerFactory
 
 
 def metric(server: Served, name: str, labels: str = "") -> float:

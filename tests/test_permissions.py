@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agentwire.console.permissions import allows, command_prefix, rule_for
-from tests.conftest import Served, ServerFactory
+from tests.support.server import Served, ServerFactory
 from tests.support.turns import AskingTurn, create_session, of, run_turn
 
 JSON = dict[str, Any]

@@ -19,7 +19,7 @@ from agentwire.types import Event
 from tests.support.sse import envelope, is_event, of_type, parse_sse, seq_of
 
 if TYPE_CHECKING:
-    from tests.conftest import Served, ServerFactory
+    from tests.support.server import Served, ServerFactory
 
 FRAME = re.compile(rb"id: (\d+)\nevent: ([a-z._]+)\ndata: (\{[^\n]*\})\n\n")
 

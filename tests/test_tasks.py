@@ -15,7 +15,7 @@ import pytest
 from tests.support.sse import envelope, is_event, of_type
 
 if TYPE_CHECKING:
-    from tests.conftest import Served
+    from tests.support.server import Served
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -27,10 +27,9 @@ from websockets.sync.client import connect as sync_connect
 from agentwire import client as client_module
 from agentwire.client import Client, WsClient, ws_url
 from agentwire.console.transcript import TERMINAL
-from tests.conftest import TOKEN, Served, ServerFactory
 from tests.support.eventually import eventually
 from tests.support.proxy import TcpProxy
-from tests.support.server import served_in_thread
+from tests.support.server import TOKEN, Served, ServerFactory, served_in_thread
 from tests.support.turns import create_session, run_turn
 
 JSON = dict[str, Any]

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,8 +27,51 @@ from agentwire.config import Config
 from agentwire.server import uvicorn_options
 from tests.support.eventually import eventually
 from tests.support.net import free_port
+from tests.support.sse import SseStream
 
-__all__ = ["ServerProcess", "ThreadServer", "free_port", "running_app", "served_in_thread", "wait_healthy"]
+__all__ = [
+    "TOKEN",
+    "Served",
+    "ServerFactory",
+    "ServerProcess",
+    "ThreadServer",
+    "free_port",
+    "running_app",
+    "served_in_thread",
+    "wait_healthy",
+]
+
+TOKEN = "test-token-0123456789"
+
+
+@dataclass
+class Served:
+    """A server running in a thread of the test process, and an authorized HTTP client for it."""
+
+    url: str
+    config: Config
+    http: httpx.Client
+    auth: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def token(self) -> str:
+        assert self.config.token is not None
+        return self.config.token
+
+    def stream(self, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> SseStream:
+        """Open `path` over a raw socket (with the token, unless `headers` brings its own)."""
+        return SseStream(self.port, path, {**self.auth, **(headers or {})}, **kwargs)
+
+    def tasks_head(self) -> int:
+        head: int = self.http.get("/api/tasks", params={"limit": 1}).raise_for_status().json()["head"]
+        return head
+
+
+ServerFactory = Callable[..., Served]
 
 
 def wait_healthy(url: str, timeout: float = 15.0, headers: dict[str, str] | None = None) -> None:
