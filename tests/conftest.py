@@ -17,6 +17,11 @@ from tests.support.browser import launch, new_context
 from tests.support.protocols import served
 from tests.support.server import TOKEN, Served, ServerFactory, free_port, running_app
 
+# Fixtures of their own modules, offered to every test: `dashboard` (tests/support/dashboard.py),
+# `backend` and `journal_at` (tests/support/journal_backends.py), `redis_server` and `redis_url`
+# (tests/support/redis_server.py).
+pytest_plugins = ["tests.support.dashboard", "tests.support.journal_backends", "tests.support.redis_server"]
+
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
@@ -86,6 +91,15 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
     opened = new_context(browser)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[list[BrowserContext]]:
+    """Extra contexts a test opens (each one an independent browser profile), closed at the end."""
+    opened: list[BrowserContext] = []
+    yield opened
+    for context in opened:
+        context.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright
 
 from tests.support.eventually import eventually
@@ -24,6 +25,11 @@ TIMING = re.compile(r"^⏱️ \d+\.\ds · \d+ tools? · TTFE \d+% · Thinking \d
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# The marks of a module whose tests drive Chromium (`pytestmark = BROWSER_TESTS`).
+BROWSER_TESTS = [pytest.mark.browser,
+                 pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed")]
 
 
 def launch(playwright: Playwright) -> Browser:

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import itertools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import pytest
 
 from agentwire.journal.redis import RedisJournal
+from agentwire.types import Append
 from tests.support.eventually import eventually
 from tests.support.net import free_port
 
@@ -152,3 +158,30 @@ def redis_journal_factory(where: Path | str, *, retention: int = 0) -> RedisJour
     the test fails rather than skips."""
     space = hashlib.sha1(os.fsencode(where)).hexdigest()[:16]
     return RedisJournal(shared_redis_server().url, retention=retention, prefix=f"agentwire-test:{space}:")
+
+
+# The Redis journal's own tests (test_journal_redis*.py): one redis-server per test module and a key
+# space of its own per test, offered to every test by the root conftest.py.
+_spaces = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A key space of this test's own on the module's server."""
+    return f"{redis_server.url}?prefix=t{next(_spaces)}:"
+
+
+async def started(url: str, *, retention: int = 0) -> RedisJournal:
+    journal = RedisJournal(url, retention=retention)
+    await journal.start()
+    return journal
+
+
+def items(stream: str, n: int, **data: Any) -> list[Append]:
+    return [Append(stream, "e", {"i": i, **data}) for i in range(n)]
