@@ -21,12 +21,13 @@ from agentwire.providers.cli_agent import CliProvider
 from tests.fakes import llm_servers as fake
 from tests.support import claude_code as cc
 from tests.support.eventually import eventually_async
+from tests.support.paths import TESTS
 from tests.support.procs import alive
 from tests.support.server import running_app
 from tests.support.turn_io import RecordingTurnIO
 from tests.support.turns import run_turn
 
-FAKE = str(Path(__file__).resolve().parent / "fakes" / "fake_claude.py")
+FAKE = str(TESTS / "fakes" / "fake_claude.py")
 CLAUDE_FLAGS = ["-p", "--output-format", "stream-json", "--include-partial-messages", "--verbose"]
 REAL = [str(cc.BUNDLED), *CLAUDE_FLAGS]
 

@@ -17,8 +17,9 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext
 
 from tests.support.browser import BROWSER_TESTS, TIMING, Dashboard, create_session, wait_idle
-from tests.support.dashboard import ROOT, SEEDS, TRANSPORTS, open_context, post_task, unique_name
+from tests.support.dashboard import SEEDS, TRANSPORTS, open_context, post_task, unique_name
 from tests.support.eventually import eventually
+from tests.support.paths import ROOT
 from tests.support.proxy import TcpProxy
 from tests.support.server import ServerProcess
 

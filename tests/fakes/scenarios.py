@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
+from tests.support.paths import TESTS
+
+FIXTURES = TESTS / "fixtures" / "providers"
 FIXTURE_TEXT = "Hello! This answer was streamed from a recorded fixture."
 PROVIDERS = ("anthropic", "openai", "gemini", "responses")  # responses: tests/fakes/openai_responses.py
 TEST_KEYS = {"anthropic": "sk-ant-test-0000", "openai": "sk-test-0000", "gemini": "gemini-test-0000"}

@@ -15,10 +15,10 @@ from playwright.sync_api import Browser, BrowserContext
 
 import agentwire
 from tests.support.browser import new_context
+from tests.support.paths import FIXTURES
 from tests.support.server import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-SEEDS = [ROOT / "tests" / "fixtures" / "tasks" / name for name in ("seed_000.json", "seed_004.json")]
+SEEDS = [FIXTURES / "tasks" / name for name in ("seed_000.json", "seed_004.json")]
 WS_READY = (Path(agentwire.__file__).parent / "ws.py").exists()
 TRANSPORTS = ["sse", pytest.param("ws", marks=pytest.mark.skipif(not WS_READY, reason="no src/agentwire/ws.py yet"))]
 HEARTBEAT = "1"  # seconds: the watchdog gives up on a silent connection after ~2.5 of them

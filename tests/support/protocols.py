@@ -20,14 +20,14 @@ from urllib.parse import urlsplit
 import orjson
 
 from agentwire.console.transcript import TERMINAL
+from tests.support.paths import ROOT, TESTS
 from tests.support.server import running_app
 from tests.support.turns import follow_until, transcript_of
 
 JSON = dict[str, Any]
 TOKEN = "protocols-test-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-ROOT = Path(__file__).resolve().parents[2]
-NODE_DIR = ROOT / "tests" / "node"
+NODE_DIR = TESTS / "node"
 Part = tuple[Any, ...]
 
 
