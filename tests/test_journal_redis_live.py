@@ -1,6 +1,7 @@
 """What only the Redis journal has to prove, part two: retention and epochs of a wiped Redis, the live
 XREAD reader, and surviving a Redis restart (or a frozen or unreachable one) without losing anything
-acknowledged. Part one is test_journal_redis.py; the shared contract is test_journal_contract*.py."""
+acknowledged. Part one is tests/test_journal_redis.py; the shared contract is tests/test_journal_contract.py
+(and _store)."""
 
 from __future__ import annotations
 
