@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import random
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -23,29 +22,14 @@ import httpx
 import orjson
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from agentwire.backoff import Backoff as Backoff  # the client's API, with its policy
 from agentwire.console.transcript import TERMINAL
 from agentwire.sse_parser import SseMessage as SseMessage  # the client's API, with its parser
 from agentwire.sse_parser import SseParser as SseParser
-from agentwire.types import JSON, KONSOLE_PREFIX
+from agentwire.types import JSON, session_stream, stream_session
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
-
-
-class Backoff:
-    """~250 ms growing ×2 to a 15 s cap, ±20 % jitter; `reset()` once a connection opens."""
-
-    def __init__(self, first: float = 0.25, cap: float = 15.0) -> None:
-        self.first, self.cap, self.attempt = first, cap, 0
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        delay = min(self.cap, self.first * 2.0 ** (self.attempt - 1))
-        jitter: float = random.uniform(0.8, 1.2)
-        return delay * jitter
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class StreamFailed(Exception):
@@ -55,8 +39,9 @@ class StreamFailed(Exception):
 def stream_path(stream: str) -> str:
     if stream == "tasks":
         return "/api/stream/tasks"
-    if stream.startswith(KONSOLE_PREFIX):
-        return f"/api/konsole/{stream[len(KONSOLE_PREFIX):]}/events"
+    session = stream_session(stream)
+    if session is not None:
+        return f"/api/konsole/{session}/events"
     raise ValueError(f"unknown stream {stream!r}: use tasks or konsole/<session>")
 
 
@@ -178,7 +163,7 @@ class Client:
         """Run a turn and yield its events until its terminal one. If the POST response is cut, the
         rest comes from `GET …/events` with Last-Event-ID: the turn's events, none twice."""
         if self.transport == "ws":
-            async with self._ws_for(KONSOLE_PREFIX + session) as ws:
+            async with self._ws_for(session_stream(session)) as ws:
                 async for envelope in ws.turn(session, message, lane=lane, if_busy=if_busy):
                     yield envelope
             return
@@ -200,7 +185,7 @@ class Client:
         if turn_id is None:
             raise StreamFailed("the turn's stream ended before its first event")
         self._status("reconnecting", 1, 0.0)
-        async for envelope in self.follow(KONSOLE_PREFIX + session, last,
+        async for envelope in self.follow(session_stream(session), last,
                                           stop=lambda e: e.get("turn") == turn_id and e["type"] in TERMINAL):
             if envelope.get("turn") == turn_id:
                 yield envelope
@@ -368,7 +353,7 @@ class WsClient:
                    if_busy: str = "queue") -> AsyncIterator[JSON]:
         """As `Client.turn`: start a turn with a `send` request, then yield its events, from its first
         to its terminal one, from the session stream (resumed like any follow)."""
-        stream = KONSOLE_PREFIX + session
+        stream = session_stream(session)
         if stream in self._follows:
             raise ValueError(f"{stream} is already followed on this socket: use another WsClient")
         ack = await self.request("send", session=session, message=message, lane=lane, if_busy=if_busy)

@@ -17,6 +17,16 @@ TASKS_STREAM = "tasks"
 KONSOLE_PREFIX = "konsole/"
 
 
+def session_stream(session: str) -> str:
+    """The stream a console session's events live on: `konsole/<session>`."""
+    return KONSOLE_PREFIX + session
+
+
+def stream_session(stream: str) -> str | None:
+    """The session a stream belongs to, or None for a stream that is not a session's (`tasks`)."""
+    return stream[len(KONSOLE_PREFIX):] if stream.startswith(KONSOLE_PREFIX) else None
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
