@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
 from agentwire.background import TaskSet
 from agentwire.console.agents import LiveAgents
@@ -15,24 +16,27 @@ from agentwire.console.ownership import Ownership
 from agentwire.console.pool import WarmPool
 from agentwire.console.sessions import Sessions, new_id
 from agentwire.console.turn import TurnRunner, TurnServices
+from agentwire.hub import Hub
 from agentwire.providers import Provider, check_provider, make_provider
 from agentwire.types import JSON, AgentwireError, Append, Conflict, Doc, Event, NotFound
 
 log = logging.getLogger("agentwire.console")
 
 
+@dataclass
 class Turns:
-    def __init__(self, services: TurnServices, sessions: Sessions, lanes: Lanes, ownership: Ownership,
-                 pool: WarmPool, agents: LiveAgents, tasks: TaskSet, max_message: int) -> None:
-        self.services = services
-        self.hub = services.hub
-        self.sessions = sessions
-        self.lanes = lanes
-        self.ownership = ownership
-        self.pool = pool
-        self.agents = agents
-        self.tasks = tasks
-        self.max_message = max_message
+    services: TurnServices  # what a running turn uses: the hub, tools, permissions, config
+    sessions: Sessions
+    lanes: Lanes
+    ownership: Ownership
+    pool: WarmPool  # quick turns' workers
+    agents: LiveAgents  # the sessions' live agents, kept between main turns
+    tasks: TaskSet  # the console's: each turn runs in one
+    max_message: int
+
+    @property
+    def hub(self) -> Hub:
+        return self.services.hub
 
     async def submit(self, name: str, message: str, lane: str = "main", if_busy: str | None = None,
                      origin: JSON | None = None) -> Turn:
