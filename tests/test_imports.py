@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import agentwire
 
 PACKAGE = Path(agentwire.__file__).parent
@@ -68,6 +70,14 @@ def test_agentwire_has_no_import_cycle() -> None:
     assert cycles(graph) == []
 
 
+def test_the_transcript_fold_is_a_leaf() -> None:
+    graph = import_graph(PACKAGE)
+    assert graph["agentwire.console.transcript"] == {"agentwire.types"}
+    assert graph["agentwire.types"] == set()
+    # The console package itself loads nothing: `Console` comes from runtime.py on first use.
+    assert graph["agentwire.console"] == {"agentwire.console.runtime"}  # under TYPE_CHECKING and in __getattr__
+
+
 def test_the_walk_finds_a_cycle_through_a_type_checking_import(tmp_path: Path) -> None:
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
@@ -99,3 +109,12 @@ def test_the_client_loads_without_the_server() -> None:
                             capture_output=True, text=True, check=True, timeout=60)
     assert "fastapi" in loaded.stdout.splitlines()[0]
     assert "agentwire.console.runtime" not in ours and "agentwire.hub" not in ours
+
+
+def test_the_console_package_gives_console_on_first_use() -> None:
+    import agentwire.console
+    from agentwire.console.runtime import Console
+
+    assert agentwire.console.Console is Console
+    with pytest.raises(AttributeError):
+        _ = agentwire.console.Nothing

@@ -173,6 +173,15 @@ class Doc:
     body: JSON | None
 
 
+@dataclass(slots=True)
+class Message:
+    """One entry of the context a provider sends to its model: a user or assistant text. Here, not with
+    the providers, because the transcript fold makes it and the client imports that fold."""
+
+    role: str  # "user" | "assistant"
+    content: str
+
+
 @dataclass(frozen=True, slots=True)
 class StreamPosition:
     """Where a stream stands: its epoch, the first seq still kept, and the last seq stored."""
