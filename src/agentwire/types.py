@@ -17,6 +17,16 @@ TASKS_STREAM = "tasks"
 KONSOLE_PREFIX = "konsole/"
 
 
+def session_stream(session: str) -> str:
+    """The stream a console session's events live on: `konsole/<session>`."""
+    return KONSOLE_PREFIX + session
+
+
+def stream_session(stream: str) -> str | None:
+    """The session a stream belongs to, or None for a stream that is not a session's (`tasks`)."""
+    return stream[len(KONSOLE_PREFIX):] if stream.startswith(KONSOLE_PREFIX) else None
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -161,6 +171,15 @@ class Doc:
     kind: str
     id: str
     body: JSON | None
+
+
+@dataclass(slots=True)
+class Message:
+    """One entry of the context a provider sends to its model: a user or assistant text. Here, not with
+    the providers, because the transcript fold makes it and the client imports that fold."""
+
+    role: str  # "user" | "assistant"
+    content: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,19 +10,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from agentwire.console.lanes import IfBusy, Lane, TurnIn
 from agentwire.console.permissions import DecisionIn
-from agentwire.console.runtime import Console, Lane, SessionIn, check_session_name
+from agentwire.console.runtime import Console
+from agentwire.console.sessions import SessionIn, check_session_name
 from agentwire.console.transcript import TERMINAL, CatchUpFold
 from agentwire.openapi import errors, stream_responses
 from agentwire.sse import EventStreamResponse, stream_response
-from agentwire.types import JSON, KONSOLE_PREFIX, Event
-
-
-class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # Size is checked by the console (413 over the limit, 422 when empty), not here.
-    message: str
-    if_busy: Literal["queue", "reject"] | None = None
+from agentwire.types import JSON, Event, session_stream
 
 
 class CancelIn(BaseModel):
@@ -63,11 +58,11 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
     async def get_session(request: Request, session: str) -> JSON:
         return await console_of(request).session(session)
 
-    async def start(request: Request, session: str, body: MessageIn, lane: Lane,
-                    if_busy: str | None) -> Response:
+    async def start(request: Request, session: str, body: TurnIn, lane: Lane,
+                    if_busy: IfBusy | None) -> Response:
         console = console_of(request)
         check_session_name(session)
-        turn = await console.submit(session, body.message, lane, body.if_busy or if_busy or "queue")
+        turn = await console.submit(session, body.message, lane, body.if_busy or if_busy)
         assert turn.first_event is not None
         turn_id = turn.id
 
@@ -85,12 +80,11 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
 
     @api.post("/{session}/stream", response_class=EventStreamResponse, status_code=200,
               responses={**stream_responses(), **errors(409)})
-    async def stream_turn(request: Request, session: str, body: MessageIn,
-                          if_busy: Literal["queue", "reject"] | None = None) -> Response:
+    async def stream_turn(request: Request, session: str, body: TurnIn, if_busy: IfBusy | None = None) -> Response:
         return await start(request, session, body, "main", if_busy)
 
     @api.post("/{session}/quick", response_class=EventStreamResponse, status_code=200, responses=stream_responses())
-    async def quick_turn(request: Request, session: str, body: MessageIn) -> Response:
+    async def quick_turn(request: Request, session: str, body: TurnIn) -> Response:
         return await start(request, session, body, "quick", None)
 
     @api.get("/{session}/events", response_class=EventStreamResponse, status_code=200,
@@ -99,7 +93,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
                      fold: Annotated[int, Query(ge=0, le=1)] = 0) -> Response:
         console = console_of(request)
         await console.session(session)
-        return await stream_response(request, console.hub, KONSOLE_PREFIX + session,
+        return await stream_response(request, console.hub, session_stream(session),
                                      heartbeat=console.config.heartbeat, retry_ms=console.config.retry_ms,
                                      replay=CatchUpFold() if fold else None)
 

@@ -2,7 +2,8 @@
 snapshot, and the catch-up fold that replaces a finished block's deltas by its one `*.done`.
 
 The same fold serves the server (`/messages`, `/state`, the context a provider gets) and clients
-(the Python client rebuilds its transcript with it), so "what the user saw" has one definition.
+(the Python client rebuilds its transcript with it), so "what the user saw" has one definition. A leaf:
+it imports only the vocabulary (`types.py`), so a client loads it without the server.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentwire.providers import Message
-from agentwire.types import JSON, Event
+from agentwire.types import JSON, Event, Message
 
 TERMINAL = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
 PERMISSION_FIELDS = ("request_id", "tool", "input", "call_id", "title", "expires_at", "rule")
