@@ -106,7 +106,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
     async def quick_turn(request: Request, session: str, body: MessageIn) -> Response:
         return await start(request, session, body, "quick", None)
 
-    @api.post("/{session}/turns", status_code=202, response_model=TurnOut, responses=errors(409, 413))
+    @api.post("/{session}/turns", response_model=TurnOut, responses=errors(409, 413))
     async def start_turn(request: Request, session: str, body: TurnIn) -> JSON:
         """Start a turn without a stream of its own: for a client that already follows the session's
         events (the dashboard), which then carry the turn's from `first_seq` (the WebSocket `send`)."""
