@@ -197,6 +197,26 @@ def test_cancel_during_a_tool_call(server: str) -> None:
     assert lookups == []
 
 
+@pytest.mark.parametrize("lane", ["main", "quick"])
+def test_a_turn_started_without_a_stream_comes_on_the_session_stream(server: str, lane: str) -> None:
+    """`POST …/turns` answers {turn, first_seq} at once; the session's events carry the turn from there."""
+    session = _name("command")
+    create_session(server, session, options={"deltas": 40, "delay_ms": 1, "tool_calls": 0})
+    answer = httpx.post(f"{server}/api/konsole/{session}/turns", json={"message": "over there", "lane": lane})
+    assert answer.status_code == 200, answer.text
+    started = answer.json()
+    assert set(started) == {"turn", "session", "lane", "first_seq"}
+    assert (started["session"], started["lane"]) == (session, lane)
+    events = follow_until(server, session, started["first_seq"] - 1,
+                          lambda e: e.get("turn") == started["turn"] and e["type"] in TERMINAL)
+    mine = [e for e in events if e.get("turn") == started["turn"]]
+    assert mine[0]["seq"] == started["first_seq"] and mine[0]["type"] in ("turn.started", "turn.queued")
+    assert mine[-1]["type"] == "turn.completed" and all(e["lane"] == lane for e in mine)
+    assert sum(e["type"] == "text.delta" for e in mine) >= 40
+    empty = httpx.post(f"{server}/api/konsole/{session}/turns", json={"message": "", "lane": lane})
+    assert empty.status_code == 422
+
+
 def test_main_lane_queues_and_rejects(server: str) -> None:
     session = _name("queue")
     create_session(server, session, options={"deltas": 150, "delay_ms": 10, "thinking": False, "tool_calls": 0})

@@ -169,13 +169,31 @@ def test_measure_first_token_and_catch_up(dashboard: ServerProcess, browser: Bro
                                           transport: str) -> None:
     session = unique_name("latency")
     create_session(dashboard.url, session, deltas=20, delay_ms=0, tool_calls=0, thinking=False)
-    dash = Dashboard.open(open_context(browser, contexts), dashboard.url, session, transport)
+    context = open_context(browser, contexts)
+    # Every WebSocket the page makes, to count the ones open (SSE streams are seen on the network).
+    context.add_init_script("""
+        const Original = window.WebSocket;
+        window.__sockets = [];
+        window.WebSocket = class extends Original {
+          constructor(...args) { super(...args); window.__sockets.push(this); }
+        };""")
+    dash = Dashboard.open(context, dashboard.url, session, transport)
+    streams: list[str] = []  # streams (SSE responses) the page opens once it is connected
+    dash.page.on("response", lambda response: streams.append(response.url)
+                 if response.headers.get("content-type", "").startswith("text/event-stream") else None)
     first_text = []
-    for index in range(5):
+    for index in range(10):
         dash.send(f"ping {index}")
         dash.wait_turns_done(index + 1)
         pending = eventually(lambda: (m := dash.metrics()["pending"]).get("firstTextMs") is not None and m)
         first_text.append(pending["firstTextMs"])
+        assert dash.lane_text().count("Here is what I found.") == index + 1  # its first token is shown
+    # A turn started from the page comes on the page's one stream: nothing else was opened for it.
+    assert streams == []
+    assert dash.page.evaluate("s => [...window.__aw.net.subs].filter(sub => sub.stream === s).length",
+                              f"konsole/{session}") == 1
+    assert dash.page.evaluate("window.__sockets.filter(s => s.readyState !== WebSocket.CLOSED).length") == (
+        1 if transport == "ws" else 0)
 
     session = unique_name("catchup")
     create_session(dashboard.url, session, deltas=10_000, delay_ms=0, tool_calls=0)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from agentwire.background import TaskSet
-from agentwire.journal import Journal
+from agentwire.journal import AppendsOne, Journal
 from agentwire.metrics import Metrics
 from agentwire.resume import resolve
 from agentwire.types import JSON, Append, Event, Unavailable
@@ -301,7 +301,7 @@ class Subscription:
             self._task.cancel()
 
 
-class Hub:
+class Hub(AppendsOne):
     def __init__(self, journal: Journal, metrics: Metrics | None = None, *,
                  buffer_limit: int = DEFAULT_BUFFER, heartbeat: float = 15.0) -> None:
         self.journal = journal
@@ -330,9 +330,6 @@ class Hub:
                 subscription.offer(event)
         for observer in self.observers:
             observer(event)
-
-    async def append(self, item: Append) -> Event:
-        return (await self.append_many([item]))[0]
 
     async def append_many(self, items: Sequence[Append]) -> list[Event]:
         started = time.perf_counter()

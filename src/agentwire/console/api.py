@@ -20,6 +20,19 @@ from agentwire.sse import EventStreamResponse, stream_response
 from agentwire.types import JSON, Event, session_stream
 
 
+class TurnIn(MessageIn):
+    lane: Lane = "main"
+
+
+class TurnOut(BaseModel):
+    """A started (or queued) turn; its events come on the session's stream from `first_seq`."""
+
+    turn: str
+    session: str
+    lane: Lane
+    first_seq: int
+
+
 class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     turn: Annotated[str, Field(max_length=100)] | None = None
@@ -86,6 +99,16 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
     @api.post("/{session}/quick", response_class=EventStreamResponse, status_code=200, responses=stream_responses())
     async def quick_turn(request: Request, session: str, body: TurnIn) -> Response:
         return await start(request, session, body, "quick", None)
+
+    @api.post("/{session}/turns", response_model=TurnOut, responses=errors(409, 413))
+    async def start_turn(request: Request, session: str, body: TurnIn) -> JSON:
+        """Start a turn without a stream of its own: for a client that already follows the session's
+        events (the dashboard), which then carry the turn's from `first_seq` (the WebSocket `send`)."""
+        console = console_of(request)
+        check_session_name(session)
+        turn = await console.submit(session, body.message, body.lane, body.if_busy or "queue")
+        assert turn.first_event is not None
+        return {"turn": turn.id, "session": session, "lane": body.lane, "first_seq": turn.first_event.seq}
 
     @api.get("/{session}/events", response_class=EventStreamResponse, status_code=200,
              responses={**stream_responses(), **errors(400, 404)})
