@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))  # the checkout, for tests.fakes and t
 from common import call_json, die_with_parent, free_port, stop_process  # noqa: E402
 from tests.fakes.llm_servers import FakeLLMServer, text  # noqa: E402
 from tests.support.claude_code import BUNDLED, MODEL, VERSION, agents, claude_env, make_home, processes  # noqa: E402
+from tests.support.eventually import eventually  # noqa: E402
 
 HOST = "127.0.0.1"
 TARGET = "agentwire"  # the column of run.py's tables these figures go in
@@ -98,14 +99,6 @@ def _create(port: int, session: str, cwd: Path) -> None:
                                             "options": {"cwd": str(cwd)}})
 
 
-def _wait(check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the bench waited in vain")
-        time.sleep(0.05)
-
-
 def _bare(env: dict[str, str], cwd: Path) -> float:
     """`claude -p` with the prompt on stdin: process start → its first text_delta line."""
     started = time.perf_counter()
@@ -146,10 +139,10 @@ def run(samples: int = 5, workdir: Path | None = None) -> dict[str, Any]:
             _create(port, "warm", cwd)
             figures["quick_warm"] = []
             for n in range(samples):
-                _wait(lambda: len(agents(home, cwd)) == 1)  # the pool's worker is up and waiting
+                eventually(lambda: len(agents(home, cwd)) == 1)  # the pool's worker is up and waiting
                 time.sleep(1.0)  # and idle for a while, as between a person's questions
                 figures["quick_warm"].append(_first_text_ms(port, "warm", f"Quick {n}", "quick"))
-        _wait(lambda: not processes(home), timeout=20)
+        eventually(lambda: not processes(home), timeout=20)
     return {name: {"median_ms": statistics.median(values), "runs_ms": [round(v) for v in values]}
             for name, values in figures.items()}
 

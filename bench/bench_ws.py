@@ -71,9 +71,9 @@ def serve(argv: list[str]) -> None:
 
     from agentwire.app import create_app
     from agentwire.config import Config
-    from agentwire.console.runtime import SessionIn
+    from agentwire.console.sessions import SessionIn
     from agentwire.server import uvicorn_options
-    from agentwire.types import KONSOLE_PREFIX, Append, Conflict
+    from agentwire.types import Append, Conflict, session_stream
     from agentwire_server import add_bench_routes
 
     parser = argparse.ArgumentParser(prog="bench_ws.py serve")
@@ -92,7 +92,7 @@ def serve(argv: list[str]) -> None:
 
     async def publish(request: Request) -> JSONResponse:
         hub = request.app.state.ctx.hub
-        names = [f"{KONSOLE_PREFIX}{SESSION_PREFIX}{i}" for i in range(int(request.query_params.get("streams", "1")))]
+        names = [session_stream(f"{SESSION_PREFIX}{i}") for i in range(int(request.query_params.get("streams", "1")))]
 
         async def emit(items: list[dict[str, Any]]) -> None:
             await hub.append_many([Append(name, "bench", data) for data in items for name in names])

@@ -84,7 +84,7 @@ class LimitServer:
             self.clients.discard(writer)
 
     async def emit(self, items: list[dict[str, Any]]) -> None:
-        frames = []
+        frames: list[bytes] = []
         for data in items:
             seq = len(self.history) + len(frames) + 1
             envelope = orjson.dumps({"seq": seq, "stream": STREAM, "type": EVENT_TYPE,

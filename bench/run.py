@@ -547,6 +547,7 @@ CASES = [
     Case("ws_fanout", lambda ctx: _bench_ws().case_ws_fanout(ctx, Table)),
     Case("ws_multiplex", lambda ctx: _bench_ws().case_ws_multiplex(ctx, Table)),
     Case("claude", _claude),
+    Case("turn", lambda ctx: __import__("bench_turn").case_turn(ctx, Table)),
 ]
 
 

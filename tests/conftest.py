@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,40 +15,12 @@ from tests.support import claude_code as cc
 from tests.support.agent_clis import AgentHome, prepared_home, private_cache
 from tests.support.browser import launch, new_context
 from tests.support.protocols import served
-from tests.support.server import free_port, running_app
-from tests.support.sse import SseStream
+from tests.support.server import TOKEN, Served, ServerFactory, free_port, running_app
 
-TOKEN = "test-token-0123456789"
-
-
-@dataclass
-class Served:
-    """A server running in a thread of the test process, and an authorized HTTP client for it."""
-
-    url: str
-    config: Config
-    http: httpx.Client
-    auth: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def port(self) -> int:
-        return self.config.port
-
-    @property
-    def token(self) -> str:
-        assert self.config.token is not None
-        return self.config.token
-
-    def stream(self, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> SseStream:
-        """Open `path` over a raw socket (with the token, unless `headers` brings its own)."""
-        return SseStream(self.port, path, {**self.auth, **(headers or {})}, **kwargs)
-
-    def tasks_head(self) -> int:
-        head: int = self.http.get("/api/tasks", params={"limit": 1}).raise_for_status().json()["head"]
-        return head
-
-
-ServerFactory = Callable[..., Served]
+# Fixtures of their own modules, offered to every test: `dashboard` (tests/support/dashboard.py),
+# `backend` and `journal_at` (tests/support/journal_backends.py), `redis_server` and `redis_url`
+# (tests/support/redis_server.py).
+pytest_plugins = ["tests.support.dashboard", "tests.support.journal_backends", "tests.support.redis_server"]
 
 
 @pytest.fixture
@@ -120,6 +91,15 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
     opened = new_context(browser)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[list[BrowserContext]]:
+    """Extra contexts a test opens (each one an independent browser profile), closed at the end."""
+    opened: list[BrowserContext] = []
+    yield opened
+    for context in opened:
+        context.close()
 
 
 @pytest.fixture(scope="module")

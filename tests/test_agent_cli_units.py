@@ -114,7 +114,8 @@ def test_gemini_api_errors_read_as_their_message(message: str, readable: str) ->
 
 class _Counting:
     def __init__(self) -> None:
-        self.finished, self.error, self.started, self.lines, self.seen = False, None, False, 0, []
+        self.finished, self.error, self.started, self.lines = False, None, False, 0
+        self.seen: list[JSON] = []
 
     async def handle(self, line: JSON) -> None:
         self.lines += 1

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,18 +28,19 @@ from tests.support.agent_clis import (
     texts_sent,
     tools_offered,
 )
+from tests.support.eventually import eventually
 from tests.support.server import ServerProcess, running_app
-from tests.support.turns import create_session, run_turn, wait_for
+from tests.support.turns import create_session, on_type, run_turn
 
 pytestmark = pytest.mark.timeout(120)
 
 
 
-def _text(events: list[dict[str, object]]) -> str:
+def _text(events: list[dict[str, Any]]) -> str:
     return "".join(e["data"]["text"] for e in events if e["type"] == "text.done")  # type: ignore[index]
 
 
-def _of(events: list[dict[str, object]], kind: str) -> list[dict[str, object]]:
+def _of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e["data"] for e in events if e["type"] == kind]  # type: ignore[misc]
 
 
@@ -151,12 +153,12 @@ def test_cancel_during_a_sleep_leaves_no_process(agent_home: AgentHome, agent: s
     with running_app(config()) as (url, _):
         agent_session(url, agent, tmp_path, approval="full")
         started = threading.Event()
-        events: list[dict[str, object]] = []
+        events: list[dict[str, Any]] = []
         thread = threading.Thread(target=lambda: events.extend(run_turn(
-            url, "s", "Wait a while", on_event=lambda e: e["type"] == "tool.call" and started.set())))
+            url, "s", "Wait a while", on_event=on_type("tool.call", started))))
         thread.start()
         assert started.wait(60)
-        wait_for(lambda: agent_home.running("sleep 301"), timeout=30)
+        eventually(lambda: agent_home.running("sleep 301"), timeout=30)
         assert httpx.post(f"{url}/api/konsole/s/cancel").json()["status"] == "cancelling"
         thread.join(30)
     assert events[-1]["type"] == "turn.cancelled", events[-1]
@@ -171,10 +173,10 @@ def test_an_agent_that_dies_fails_the_turn_and_leaves_no_process(agent_home: Age
     agent_home.llm.enqueue(fake.tool_call(*sleep), provider=FAKE[agent])
     with running_app(config()) as (url, _):
         agent_session(url, agent, tmp_path, approval="full")
-        events: list[dict[str, object]] = []
+        events: list[dict[str, Any]] = []
         thread = threading.Thread(target=lambda: events.extend(run_turn(url, "s", "Wait")))
         thread.start()
-        wait_for(lambda: agent_home.running("sleep 302"), timeout=60)
+        eventually(lambda: agent_home.running("sleep 302"), timeout=60)
         # The CLI itself dies (Codex's native binary; Gemini CLI's node), not the shell it started.
         cli = {"codex": "codex-linux", "gemini-cli": "/.bin/gemini"}[agent]
         pids = [pid for pid, argv in agent_home.processes().items() if any(cli in arg for arg in argv[:2])]
@@ -280,7 +282,7 @@ def test_a_server_shutdown_mid_turn_leaves_no_process(agent_home: AgentHome, age
 
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
-        wait_for(lambda: agent_home.running("sleep 303"), timeout=60)
+        eventually(lambda: agent_home.running("sleep 303"), timeout=60)
     thread.join(10)
     assert agent_home.processes() == {}
     with running_app(config(journal=journal)) as (url, _):

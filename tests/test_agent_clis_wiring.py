@@ -24,12 +24,12 @@ from tests.support.agent_clis import (
     AGENTS,
     FAKE,
     MODEL,
-    ROOT,
     VERSION,
     AgentHome,
     agent_session,
     config,
 )
+from tests.support.paths import ROOT, TESTS
 from tests.support.server import running_app
 from tests.support.turns import comparable, create_session, follow_until, post_turn_cut, run_turn, transcript_of
 
@@ -101,7 +101,7 @@ def test_the_cli_starts_the_mcp_server_it_is_given_and_calls_it(
         agent_home: AgentHome, agent_cache: Path, agent: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / "probe.log"
-    probe = McpServer("probe", [sys.executable, str(ROOT / "tests" / "support" / "mcp_probe.py"), str(log)])
+    probe = McpServer("probe", [sys.executable, str(TESTS / "support" / "mcp_probe.py"), str(log)])
     monkeypatch.setattr(agent_mcp, "board_server", lambda io: probe)
     # How each CLI names a server's tool: Codex in a namespace, Gemini CLI with a prefix.
     tool = {"codex": "mcp__probe/probe_note", "gemini-cli": "mcp_probe_probe_note"}[agent]

@@ -11,10 +11,9 @@ import httpx
 import pytest
 
 from agentwire import providers
-from agentwire.config import Config
 from agentwire.providers import ProviderInfo
 from agentwire.types import JSON
-from tests.support.server import free_port, running_app
+from tests.support.server import running_app
 from tests.support.turns import create_session, run_turn
 
 
@@ -30,8 +29,8 @@ def _text(events: list[JSON]) -> str:
 
 
 def test_the_record_survives_a_restart_and_the_quick_lane_keeps_its_own(tmp_path: Path) -> None:
-    config = dict(journal=f"sqlite:///{tmp_path}/j.db", no_auth=True)
-    with running_app(Config(port=free_port(), **config)) as (url, _):  # type: ignore[arg-type]
+    journal = f"sqlite:///{tmp_path}/j.db"
+    with running_app(journal=journal) as (url, _):
         create_session(url, "s", provider="remembering", options={"cwd": str(tmp_path)})
         first = run_turn(url, "s", "one")
         assert _text(first) == "turn 1 of this context"
@@ -39,7 +38,7 @@ def test_the_record_survives_a_restart_and_the_quick_lane_keeps_its_own(tmp_path
         assert info["data"] == {"name": "remembering", "version": "1", "cwd": str(tmp_path),
                                 "resume_id": "ctx-1", "turns_seen": 1}
         assert _text(run_turn(url, "s", "quick one", lane="quick")) == "turn 1 of this context"
-    with running_app(Config(port=free_port(), **config)) as (url, _):  # type: ignore[arg-type]
+    with running_app(journal=journal) as (url, _):
         assert _text(run_turn(url, "s", "two")) == "turn 2 of this context"
         state = httpx.get(f"{url}/api/konsole/s/state").json()
         assert state["agent"]["resume_id"] == "ctx-2"

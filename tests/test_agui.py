@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from agentwire.client import SseMessage
+from tests.support.eventually import eventually
 from tests.support.protocols import (
     AUTH,
     TOKEN,
@@ -28,7 +29,7 @@ from tests.support.protocols import (
 )
 from tests.support.proxy import TcpProxy
 from tests.support.sse import SseStream, parse_sse
-from tests.support.turns import create_session, follow_until, wait_for
+from tests.support.turns import create_session, follow_until
 
 
 def _body(thread: str, run: str, message: str = "what changed today?") -> dict[str, object]:
@@ -178,7 +179,7 @@ def test_cancel_ends_the_run_as_cancelled_with_its_messages_closed(app_url: str)
     process = start_node("agui.mjs", config(url=app_url, token=TOKEN, threadId=session, runId="run-cancel",
                                             message="long one"))
     try:
-        wait_for(lambda: httpx.get(f"{app_url}/api/konsole/{session}/state", headers=AUTH).json()["agent_state"]
+        eventually(lambda: httpx.get(f"{app_url}/api/konsole/{session}/state", headers=AUTH).json()["agent_state"]
                  == "writing", timeout=30)
         time.sleep(0.2)
         cancelled = httpx.post(f"{app_url}/api/konsole/{session}/cancel", headers=AUTH)

@@ -10,6 +10,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.support.eventually import eventually
 from tests.support.protocols import (
     AUTH,
     TOKEN,
@@ -26,7 +27,7 @@ from tests.support.protocols import (
 )
 from tests.support.proxy import TcpProxy
 from tests.support.sse import SseStream, parse_sse
-from tests.support.turns import create_session, wait_for
+from tests.support.turns import create_session
 
 
 def _state(url: str, session: str) -> dict[str, object]:
@@ -146,10 +147,10 @@ def test_cancel_aborts_the_message_and_a_client_abort_does_not_cancel(app_url: s
         gone.read_until(lambda m: '"text-delta"' in m.data)
     time.sleep(0.3)
     assert _state(app_url, session)["agent_state"] == "writing"
-    wait_for(lambda: _streams_open(app_url) == 0)  # the client that left is gone
+    eventually(lambda: _streams_open(app_url) == 0)  # the client that left is gone
     process = start_node("aisdk.mjs", "resume", config(url=app_url, token=TOKEN, id=session))
     try:
-        wait_for(lambda: _streams_open(app_url) == 1)  # the resumed stream is open: cancel now
+        eventually(lambda: _streams_open(app_url) == 1)  # the resumed stream is open: cancel now
         assert httpx.post(f"{app_url}/api/konsole/{session}/cancel", headers=AUTH).status_code == 200
         result, _ = finish_node(process)
     finally:
@@ -198,7 +199,7 @@ def test_a_turn_from_the_console_api_is_seen_by_use_chat(app_url: str) -> None:
     with SseStream(port, f"/api/konsole/{session}/stream", AUTH, method="POST",
                    body=orjson.dumps({"message": "from the dashboard"})) as dashboard:
         dashboard.read_until(lambda m: m.event == "text.delta")
-        wait_for(lambda: _state(app_url, session)["agent_state"] == "writing")
+        eventually(lambda: _state(app_url, session)["agent_state"] == "writing")
         result, _ = run_node("aisdk.mjs", "resume", config(url=app_url, token=TOKEN, id=session))
         dashboard.read_to_eof(30)
     (turn,) = _turns(app_url, session)

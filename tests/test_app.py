@@ -5,17 +5,17 @@ one), the server keeps serving, and nothing was written."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
+from tests.support.eventually import eventually
 from tests.support.sse import of_type
 
 if TYPE_CHECKING:
-    from tests.conftest import Served, ServerFactory
+    from tests.support.server import Served, ServerFactory
 
 
 def metric(server: Served, name: str, labels: str = "") -> float:
@@ -29,10 +29,8 @@ def test_healthz_reports_the_journal_and_open_streams(server: Served) -> None:
     with server.stream("/api/stream/tasks") as stream:
         stream.read_until(of_type("stream.open"))
         assert server.http.get("/healthz").json()["streams_open"] == 1
-    deadline = time.monotonic() + 15
-    while server.http.get("/healthz").json()["streams_open"] != 0:
-        assert time.monotonic() < deadline, "a closed stream still counts as open"
-        time.sleep(0.05)
+    eventually(lambda: server.http.get("/healthz").json()["streams_open"] == 0, 15,
+               "a closed stream to stop counting as open")
 
 
 def test_healthz_names_the_memory_journal(make_server: ServerFactory) -> None:
@@ -65,10 +63,8 @@ def test_metrics_count_streams_appends_deliveries_and_append_latency(server: Ser
         assert metric(server, "agentwire_append_latency_seconds_sum") > 0
         assert metric(server, "agentwire_append_latency_seconds_bucket", '{le="+Inf"}') == latency_count + 3
         assert metric(server, "agentwire_slow_consumer_disconnects_total") == 0
-    deadline = time.monotonic() + 15
-    while metric(server, "agentwire_open_streams", '{transport="sse"}') != 0:
-        assert time.monotonic() < deadline, "open_streams did not fall back to 0"
-        time.sleep(0.05)
+    eventually(lambda: metric(server, "agentwire_open_streams", '{transport="sse"}') == 0, 15,
+               "open_streams to fall back to 0")
 
 
 def test_openapi_schema_and_docs(server: Served) -> None:

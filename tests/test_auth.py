@@ -10,7 +10,7 @@ import httpx
 from tests.support.sse import SseStream, envelope, of_type
 
 if TYPE_CHECKING:
-    from tests.conftest import Served, ServerFactory
+    from tests.support.server import Served, ServerFactory
 
 PROTECTED = [("GET", "/api/tasks"), ("POST", "/api/tasks"), ("GET", "/api/tasks/x"), ("GET", "/api/konsole"),
              ("GET", "/api/stream/tasks"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/"),

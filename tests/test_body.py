@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from agentwire.types import INT_MAX, INT_MIN, BadJson, loads_strict
 
 if TYPE_CHECKING:
-    from tests.conftest import Served, ServerFactory
+    from tests.support.server import Served, ServerFactory
 
 JSON_BODY = {"content-type": "application/json"}
 UNSTORABLE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e400", str(INT_MAX + 1), str(INT_MIN - 1),

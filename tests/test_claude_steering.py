@@ -18,12 +18,12 @@ import orjson
 import pytest
 from playwright.sync_api import Browser
 
-from agentwire.config import Config
 from tests.fakes import llm_servers as fake
 from tests.support import claude_code as cc
 from tests.support.browser import Dashboard, new_context
+from tests.support.eventually import eventually
 from tests.support.redis_server import shared_redis_server
-from tests.support.server import free_port, running_app
+from tests.support.server import running_app
 from tests.support.turns import AskingTurn, of, run_turn
 
 JSON = dict[str, Any]
@@ -100,8 +100,8 @@ def test_unknown_settled_and_unanswered_requests(env: Env, pool: ThreadPoolExecu
     target = cwd / "notes.txt"
     env.fake.enqueue(write(target), fake.text("Nobody answered, so I did not write."))
     journal = f"sqlite:///{env.root}/late.db"
-    with running_app(Config(port=free_port(), journal=journal, no_auth=True, provider="claude", model=cc.MODEL,
-                            quick_pool=0, permission_timeout=2.0)) as (url, _):
+    with running_app(journal=journal, provider="claude", model=cc.MODEL, quick_pool=0,
+                     permission_timeout=2.0) as (url, _):
         httpx.post(f"{url}/api/konsole", json={"name": "late", "options": {"cwd": str(cwd)}},
                    timeout=10).raise_for_status()
         asked = AskingTurn(url, "late", "Write a note", pool)
@@ -144,8 +144,7 @@ def test_the_answer_works_from_another_node(env: Env, pool: ThreadPoolExecutor) 
     env.fake.enqueue(write(target), fake.text("Written on A, allowed on B."))
 
     def node() -> Any:
-        return running_app(Config(port=free_port(), journal=journal, no_auth=True, provider="claude",
-                                  model=cc.MODEL, quick_pool=0))
+        return running_app(journal=journal, provider="claude", model=cc.MODEL, quick_pool=0)
 
     with node() as (a, _), node() as (b, _):
         httpx.post(f"{a}/api/konsole", json={"name": "nodes", "options": {"cwd": str(cwd)}},
@@ -197,10 +196,8 @@ def test_task_create_over_mcp_puts_a_sanitized_card_on_the_board(env: Env) -> No
     chosen = httpx.post(f"{env.url}/api/tasks/{task_id}/choose", json={"value": "Go with fix A"}, timeout=10)
     assert chosen.status_code == 200
     turn = chosen.json()["turn"]["id"]
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{env.url}/api/konsole/cards/state", timeout=10).json()["running"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    eventually(lambda: not httpx.get(f"{env.url}/api/konsole/cards/state", timeout=10).json()["running"], 60,
+               "the chosen turn to finish", interval=0.1)
     messages = httpx.get(f"{env.url}/api/konsole/cards/messages", timeout=10).json()["messages"]
     assert [m["text"] for m in messages if m["turn"] == turn and m["kind"] == "message"] == ["Go with fix A"]
     assert "Go with fix A" in cc.user_texts(env.bodies(since)[0])

@@ -20,12 +20,14 @@ from agentwire.providers import ProviderError, make_provider
 from agentwire.providers.cli_agent import CliProvider
 from tests.fakes import llm_servers as fake
 from tests.support import claude_code as cc
+from tests.support.eventually import eventually_async
+from tests.support.paths import TESTS
 from tests.support.procs import alive
 from tests.support.server import running_app
 from tests.support.turn_io import RecordingTurnIO
 from tests.support.turns import run_turn
 
-FAKE = str(Path(__file__).resolve().parent / "fakes" / "fake_claude.py")
+FAKE = str(TESTS / "fakes" / "fake_claude.py")
 CLAUDE_FLAGS = ["-p", "--output-format", "stream-json", "--include-partial-messages", "--verbose"]
 REAL = [str(cc.BUNDLED), *CLAUDE_FLAGS]
 
@@ -162,10 +164,12 @@ def test_real_cancel_during_a_bash_sleep_leaves_no_process(queue_used: Real) -> 
     async def turn() -> float:
         provider = CliProvider(cc.MODEL, {"command": REAL})
         task = asyncio.create_task(provider.run(io))
-        deadline = time.monotonic() + 30
-        while not cc.sleeping(real.home):
-            assert not task.done() and time.monotonic() < deadline, io.kinds()
-            await asyncio.sleep(0.05)
+
+        def sleeping() -> bool:
+            assert not task.done(), io.kinds()
+            return bool(cc.sleeping(real.home))
+
+        await eventually_async(sleeping, 30, "the agent's tool to sleep", interval=0.05)
         started = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -192,8 +196,8 @@ def test_real_a_warm_process_serves_the_turn_or_is_replaced_once_it_gave_up(queu
             await provider.run(soon)  # within the ~3 s `claude -p` waits for its prompt
             await provider.warm()
             given_up = set(cc.agents(real.home))
-            while cc.agents(real.home):  # noqa: ASYNC110  ("no stdin data received in 3s": it exits)
-                await asyncio.sleep(0.1)
+            # "no stdin data received in 3s": it exits
+            await eventually_async(lambda: not cc.agents(real.home), 30, "the unused agent to exit", interval=0.1)
             later = new_io("Later")
             await provider.run(later)
             return warm, given_up, soon, later

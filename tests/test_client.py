@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from agentwire.client import Backoff, Client, SseMessage, SseParser, StreamFailed
 from agentwire.console.transcript import TERMINAL
 from agentwire.types import JSON
-from tests.support.browser import wait_until
+from tests.support.eventually import eventually
 from tests.support.proxy import TcpProxy
 from tests.support.server import running_app
 from tests.support.turns import comparable, create_session, run_turn, transcript_of
@@ -99,7 +100,7 @@ def test_turn_through_a_cutting_proxy_rebuilds_the_uncut_transcript(server: str)
         proxy.plan_cuts([9000, 30000, 50000])
         create_session(server, "client-cut", headers=HEADERS, options=options)
 
-        async def run() -> list[dict[str, object]]:
+        async def run() -> list[dict[str, Any]]:
             statuses: list[str] = []
             async with Client(f"http://127.0.0.1:{proxy.port}", TOKEN) as client:
                 client.on_status = lambda status, attempt, delay: statuses.append(status)
@@ -118,7 +119,7 @@ def test_turn_through_a_cutting_proxy_rebuilds_the_uncut_transcript(server: str)
 def test_follow_yields_reset_for_a_position_past_the_head(server: str) -> None:
     create_session(server, "client-reset", headers=HEADERS)
 
-    async def run() -> list[dict[str, object]]:
+    async def run() -> list[dict[str, Any]]:
         async with Client(server, TOKEN) as client:
             seen = []
             async for envelope in client.follow("konsole/client-reset", 10_000):
@@ -174,7 +175,7 @@ def test_chat_shows_a_permission_request(server: str) -> None:
     chat = subprocess.Popen([sys.executable, "-m", "agentwire", "chat", "cli-ask", "take notes", "--url", server,
                              "--token", TOKEN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        pending = wait_until(lambda: httpx.get(f"{server}/api/konsole/cli-ask/state", headers=HEADERS,
+        pending = eventually(lambda: httpx.get(f"{server}/api/konsole/cli-ask/state", headers=HEADERS,
                                                timeout=10).json()["permissions"])
         httpx.post(f"{server}/api/konsole/cli-ask/permissions/{pending[0]['request_id']}", headers=HEADERS,
                    json={"decision": "deny"}, timeout=10).raise_for_status()

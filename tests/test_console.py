@@ -8,22 +8,24 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from agentwire.console.transcript import TERMINAL
+from tests.support.eventually import eventually
 from tests.support.server import ServerProcess, running_app
 from tests.support.turns import (
     comparable,
     create_session,
     first_event_ms,
     follow_until,
+    on_type,
     post_turn_cut,
     run_turn,
     sse_events,
     transcript_of,
-    wait_for,
 )
 
 
@@ -108,12 +110,17 @@ def test_quick_turn_starts_at_once_beside_a_long_main_turn(server_process: str) 
     server = server_process
     session = _name("quick")
     create_session(server, session, options={"deltas": 400, "delay_ms": 10, "tool_calls": 0, "thinking": False})
-    main_events: list[dict[str, object]] = []
+    main_events: list[dict[str, Any]] = []
     main_started = threading.Event()
 
     def main_turn() -> None:
-        run_turn(server, session, "the long one", on_event=lambda e: (main_events.append(e),
-                                                                      e["type"] == "text.delta" and main_started.set()))
+        started = on_type("text.delta", main_started)
+
+        def on_event(event: dict[str, Any]) -> None:
+            main_events.append(event)
+            started(event)
+
+        run_turn(server, session, "the long one", on_event=on_event)
 
     thread = threading.Thread(target=main_turn)
     thread.start()
@@ -123,8 +130,11 @@ def test_quick_turn_starts_at_once_beside_a_long_main_turn(server_process: str) 
     for index in range(3):
         elapsed, turn = first_event_ms(server, session, f"quick question {index}")
         firsts.append(elapsed / 1000)
-        quick_runs.append([e for e in follow_until(server, session, 0, lambda e, t=turn: e.get("turn") == t
-                                                   and e["type"] in TERMINAL) if e.get("turn") == turn])
+
+        def ends(event: dict[str, Any], turn: str = turn) -> bool:
+            return event.get("turn") == turn and event["type"] in TERMINAL
+
+        quick_runs.append([e for e in follow_until(server, session, 0, ends) if e.get("turn") == turn])
     thread.join(60)
     print(f"quick turn first event after {[round(f * 1000, 1) for f in firsts]} ms")
     assert statistics.median(firsts) < 0.100
@@ -146,9 +156,9 @@ def test_cancel_during_text(server: str) -> None:
     session = _name("cancel-text")
     create_session(server, session, options={"deltas": 5000, "delay_ms": 5})
     seen = threading.Event()
-    result: list[list[dict[str, object]]] = []
+    result: list[list[dict[str, Any]]] = []
     thread = threading.Thread(target=lambda: result.append(run_turn(
-        server, session, "go", on_event=lambda e: e["type"] == "text.delta" and seen.set())))
+        server, session, "go", on_event=on_type("text.delta", seen))))
     thread.start()
     assert seen.wait(20)
     response = httpx.post(f"{server}/api/konsole/{session}/cancel")
@@ -165,10 +175,13 @@ def test_cancel_during_a_tool_call(server: str) -> None:
     session = _name("cancel-tool")
     create_session(server, session, options={"deltas": 10, "delay_ms": 3000, "thinking": False, "tool_calls": 1})
     seen = threading.Event()
-    result: list[list[dict[str, object]]] = []
-    thread = threading.Thread(target=lambda: result.append(run_turn(
-        server, session, "go", on_event=lambda e: e["type"] == "tool.call" and e["data"]["name"] == "lookup"
-        and seen.set())))
+    result: list[list[dict[str, Any]]] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "tool.call" and event["data"]["name"] == "lookup":
+            seen.set()
+
+    thread = threading.Thread(target=lambda: result.append(run_turn(server, session, "go", on_event=on_event)))
     thread.start()
     assert seen.wait(20)
     state = httpx.get(f"{server}/api/konsole/{session}/state").json()
@@ -184,13 +197,33 @@ def test_cancel_during_a_tool_call(server: str) -> None:
     assert lookups == []
 
 
+@pytest.mark.parametrize("lane", ["main", "quick"])
+def test_a_turn_started_without_a_stream_comes_on_the_session_stream(server: str, lane: str) -> None:
+    """`POST …/turns` answers {turn, first_seq} at once; the session's events carry the turn from there."""
+    session = _name("command")
+    create_session(server, session, options={"deltas": 40, "delay_ms": 1, "tool_calls": 0})
+    answer = httpx.post(f"{server}/api/konsole/{session}/turns", json={"message": "over there", "lane": lane})
+    assert answer.status_code == 200, answer.text
+    started = answer.json()
+    assert set(started) == {"turn", "session", "lane", "first_seq"}
+    assert (started["session"], started["lane"]) == (session, lane)
+    events = follow_until(server, session, started["first_seq"] - 1,
+                          lambda e: e.get("turn") == started["turn"] and e["type"] in TERMINAL)
+    mine = [e for e in events if e.get("turn") == started["turn"]]
+    assert mine[0]["seq"] == started["first_seq"] and mine[0]["type"] in ("turn.started", "turn.queued")
+    assert mine[-1]["type"] == "turn.completed" and all(e["lane"] == lane for e in mine)
+    assert sum(e["type"] == "text.delta" for e in mine) >= 40
+    empty = httpx.post(f"{server}/api/konsole/{session}/turns", json={"message": "", "lane": lane})
+    assert empty.status_code == 422
+
+
 def test_main_lane_queues_and_rejects(server: str) -> None:
     session = _name("queue")
     create_session(server, session, options={"deltas": 150, "delay_ms": 10, "thinking": False, "tool_calls": 0})
-    first_events: list[dict[str, object]] = []
+    first_events: list[dict[str, Any]] = []
     seen = threading.Event()
     first = threading.Thread(target=lambda: first_events.extend(run_turn(
-        server, session, "first", on_event=lambda e: e["type"] == "text.delta" and seen.set())))
+        server, session, "first", on_event=on_type("text.delta", seen))))
     first.start()
     assert seen.wait(20)
     rejected = httpx.post(f"{server}/api/konsole/{session}/stream", params={"if_busy": "reject"},
@@ -270,7 +303,7 @@ def test_fold_keeps_live_deltas_of_a_running_block(server: str) -> None:
     create_session(server, session, options={"deltas": 200, "delay_ms": 10, "thinking": False, "tool_calls": 0})
     seen = threading.Event()
     thread = threading.Thread(target=lambda: run_turn(
-        server, session, "live", on_event=lambda e: e["type"] == "text.delta" and seen.set()))
+        server, session, "live", on_event=on_type("text.delta", seen)))
     thread.start()
     assert seen.wait(20)
     folded = follow_until(server, session, 0, lambda e: e.get("seq") is not None and e["type"] in TERMINAL,
@@ -351,7 +384,7 @@ def test_restart_marks_running_turns_interrupted(tmp_path: Path) -> None:
 
         def reader() -> None:
             try:
-                run_turn(url, "long", "never ends", on_event=lambda e: e["type"] == "text.delta" and seen.set())
+                run_turn(url, "long", "never ends", on_event=on_type("text.delta", seen))
             except httpx.HTTPError:
                 pass
 
@@ -363,7 +396,7 @@ def test_restart_marks_running_turns_interrupted(tmp_path: Path) -> None:
         events = follow_until(url, "long", 0, lambda e: e.get("seq") is not None and e["type"] in TERMINAL)
         assert events[-1]["type"] == "turn.failed"
         assert events[-1]["data"]["error"] == "interrupted"
-        wait_for(lambda: httpx.get(f"{url}/api/konsole/long/state").json()["running"] == [])
+        eventually(lambda: httpx.get(f"{url}/api/konsole/long/state").json()["running"] == [])
         # The lane is free again: a new turn starts at once even with if_busy=reject.
         with httpx.stream("POST", f"{url}/api/konsole/long/stream", params={"if_busy": "reject"},
                           json={"message": "again"}, timeout=30) as response:

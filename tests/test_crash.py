@@ -9,12 +9,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 
 from tests.support.server import ServerProcess
-from tests.support.sse import Follower, SseStream, envelope, of_type
+from tests.support.sse import Follower, SseStream, envelope, of_type, seq_of
 
 TOKEN = "crash-token"
 
@@ -29,7 +30,7 @@ def journal_rows(db: Path, stream: str) -> list[tuple[int, bytes]]:
 
 
 def received(follower: Follower) -> list[tuple[int, bytes]]:
-    return [(int(m.id), m.data.encode()) for m in follower.events]  # type: ignore[arg-type]
+    return [(seq_of(m), m.data.encode()) for m in follower.events]
 
 
 def test_sigkill_while_appending_loses_nothing_any_client_saw(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_sigkill_while_appending_loses_nothing_any_client_saw(tmp_path: Path) ->
             follower.start()
 
         # A writer creating tasks as fast as the server takes them, remembering every 201.
-        acknowledged: dict[str, dict] = {}
+        acknowledged: dict[str, dict[str, Any]] = {}
 
         def create_tasks() -> None:
             with httpx.Client(base_url=server.url, headers=auth, timeout=10) as client:
@@ -121,10 +122,11 @@ def test_sigkill_while_appending_loses_nothing_any_client_saw(tmp_path: Path) ->
 
         # The session client resumes where it was: exactly the rest, ending with the failure.
         last = followers[1].events[-1].id
+        assert last is not None
         with SseStream(server.port, "/api/konsole/crash/events", {**auth, "Last-Event-ID": str(last)}) as resumed:
             resumed.read_until(of_type("turn.failed"))
             assert "stream.reset" not in [m.event for m in resumed.messages]
-            rest = [(int(m.id), m.data.encode()) for m in resumed.events]  # type: ignore[arg-type]
+            rest = [(seq_of(m), m.data.encode()) for m in resumed.events]
             assert rest == [row for row in console_rows if row[0] > int(last)]
             assert envelope(resumed.messages[0])["data"]["epoch"] == epoch_before
 

@@ -12,14 +12,10 @@ from playwright.sync_api import sync_playwright
 
 from tests.fakes import llm_servers as fake
 from tests.support.agent_clis import VERSION, AgentHome, config
-from tests.support.browser import Dashboard, chromium_path, launch, new_context
+from tests.support.browser import BROWSER_TESTS, Dashboard, launch, new_context
 from tests.support.server import running_app
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed"),
-    pytest.mark.timeout(180),
-]
+pytestmark = [*BROWSER_TESTS, pytest.mark.timeout(180)]
 
 
 def test_the_form_offers_available_agents_and_the_header_shows_the_agent(agent_home: AgentHome, tmp_path: Path,

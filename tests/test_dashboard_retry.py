@@ -8,17 +8,13 @@ import re
 import time
 
 import httpx
-import pytest
 from playwright.sync_api import Browser, BrowserContext, Route
 
-from tests.support.browser import Dashboard, chromium_path, new_context
+from tests.support.browser import BROWSER_TESTS, Dashboard, new_context
 from tests.support.server import running_app
 from tests.support.turns import create_session, run_turn
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed"),
-]
+pytestmark = BROWSER_TESTS
 
 
 class Flaky:

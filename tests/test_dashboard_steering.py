@@ -5,38 +5,22 @@ while it waits, and a reloaded page shows the waiting request again and answers 
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
-
 import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, Request
 
-from tests.support.browser import Dashboard, chromium_path, create_session, wait_until
+from tests.support.browser import BROWSER_TESTS, Dashboard, create_session
+from tests.support.dashboard import unique_name
+from tests.support.eventually import eventually
 from tests.support.server import ServerProcess
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed"),
-]
+pytestmark = BROWSER_TESTS
 CARD = "#lane-main section.permission"
 
 
-def _name(prefix: str) -> str:
-    return f"{prefix}-{random.randrange(16**8):08x}"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    folder = tmp_path_factory.mktemp("steering")
-    with ServerProcess(f"sqlite:///{folder}/journal.db", args=["--heartbeat", "1"],
-                       log_path=folder / "server.log") as process:
-        yield process
-
-
-def asking(server: ServerProcess, tool: str = "Write") -> str:
-    session = _name(tool.lower())
-    create_session(server.url, session, ask_permission=tool, deltas=8, delay_ms=0, tool_calls=0)
+def asking(dashboard: ServerProcess, tool: str = "Write") -> str:
+    session = unique_name(tool.lower())
+    create_session(dashboard.url, session, ask_permission=tool, deltas=8, delay_ms=0, tool_calls=0)
     return session
 
 
@@ -45,16 +29,16 @@ def card_lines(page: Page) -> list[str]:
     return [line.rstrip("\n") for line in lines]
 
 
-def decisions(server: ServerProcess, session: str) -> list[tuple[str, str]]:
-    messages = httpx.get(f"{server.url}/api/konsole/{session}/messages", timeout=10).json()["messages"]
+def decisions(dashboard: ServerProcess, session: str) -> list[tuple[str, str]]:
+    messages = httpx.get(f"{dashboard.url}/api/konsole/{session}/messages", timeout=10).json()["messages"]
     return [(m["status"], m.get("by", "")) for m in messages if m["kind"] == "permission"]
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
-def test_a_write_request_waits_in_a_card_and_allow_lets_the_turn_go_on(server: ServerProcess, context: BrowserContext,
-                                                                      transport: str) -> None:
-    session = asking(server)
-    dash = Dashboard.open(context, server.url, session, transport)
+def test_a_write_request_waits_in_a_card_and_allow_lets_the_turn_go_on(dashboard: ServerProcess,
+                                                                      context: BrowserContext, transport: str) -> None:
+    session = asking(dashboard)
+    dash = Dashboard.open(context, dashboard.url, session, transport)
     page = dash.page
     posted: list[str] = []
     page.on("request", lambda request: _note_answer(request, posted))
@@ -67,7 +51,7 @@ def test_a_write_request_waits_in_a_card_and_allow_lets_the_turn_go_on(server: S
     buttons = page.eval_on_selector_all(f"{CARD} button", "els => els.map(e => e.textContent)")
     assert buttons == ["Allow y", "Deny n", "Always allow every Write a"]
     # The agent waits, and says so: header, the session's badge, the page title.
-    wait_until(lambda: page.inner_text("#agent-state") == "waiting for your answer")
+    eventually(lambda: page.inner_text("#agent-state") == "waiting for your answer")
     assert page.inner_text(f"#session-list [data-session='{session}'] .permission-badge") == "⚠ 1"
     assert page.title() == f"⚠ 1 waiting · {session} — agentwire"
     # Nothing is typed, so the card has the focus: Enter or a shortcut answers it.
@@ -80,7 +64,7 @@ def test_a_write_request_waits_in_a_card_and_allow_lets_the_turn_go_on(server: S
     dash.wait_turns_done(1)
     assert page.locator(f"#session-list [data-session='{session}'] .permission-badge").count() == 0
     assert page.title() == f"{session} — agentwire"
-    assert decisions(server, session) == [("allowed", "user")]
+    assert decisions(dashboard, session) == [("allowed", "user")]
     # Over the WebSocket the page answers with its `decide` op, over SSE with the REST route.
     assert posted == ([] if transport == "ws" else [f"/api/konsole/{session}/permissions/"])
     assert not dash.errors
@@ -92,10 +76,10 @@ def _note_answer(request: Request, posted: list[str]) -> None:
         posted.append("/" + path.rsplit("/", 1)[0] + "/")
 
 
-def test_a_reloaded_page_shows_the_waiting_edit_and_answers_it_by_key(server: ServerProcess,
+def test_a_reloaded_page_shows_the_waiting_edit_and_answers_it_by_key(dashboard: ServerProcess,
                                                                         context: BrowserContext) -> None:
-    session = asking(server, "Edit")
-    dash = Dashboard.open(context, server.url, session)
+    session = asking(dashboard, "Edit")
+    dash = Dashboard.open(context, dashboard.url, session)
     page = dash.page
     dash.send("Fix the notes")
     page.wait_for_selector(f"{CARD}.permission-pending")
@@ -117,13 +101,13 @@ def test_a_reloaded_page_shows_the_waiting_edit_and_answers_it_by_key(server: Se
     assert page.inner_text(f"{CARD} .perm-outcome") == "Denied"
     dash.wait_turns_done(1)
     dash.wait_text("I left the note alone")
-    assert decisions(server, session) == [("denied", "user")]
+    assert decisions(dashboard, session) == [("denied", "user")]
     assert not dash.errors
 
 
-def test_always_allow_a_command_prefix(server: ServerProcess, context: BrowserContext) -> None:
-    session = asking(server, "Bash")
-    dash = Dashboard.open(context, server.url, session)
+def test_always_allow_a_command_prefix(dashboard: ServerProcess, context: BrowserContext) -> None:
+    session = asking(dashboard, "Bash")
+    dash = Dashboard.open(context, dashboard.url, session)
     page = dash.page
     dash.send("What changed?")
     page.wait_for_selector(f"{CARD}.permission-pending")
@@ -138,22 +122,22 @@ def test_always_allow_a_command_prefix(server: ServerProcess, context: BrowserCo
     dash.send("And now?")
     dash.wait_turns_done(2)
     assert page.locator(CARD).count() == 1  # the second turn was not asked
-    assert decisions(server, session) == [("allowed", "user")]
+    assert decisions(dashboard, session) == [("allowed", "user")]
     assert not dash.errors
 
 
-def test_another_sessions_waiting_request_shows_in_the_list_and_the_title(server: ServerProcess,
+def test_another_sessions_waiting_request_shows_in_the_list_and_the_title(dashboard: ServerProcess,
                                                                          context: BrowserContext) -> None:
-    quiet = _name("quiet")
-    create_session(server.url, quiet, deltas=3, delay_ms=0)
-    waiting = asking(server)
-    with httpx.stream("POST", f"{server.url}/api/konsole/{waiting}/stream", json={"message": "Take notes"},
+    quiet = unique_name("quiet")
+    create_session(dashboard.url, quiet, deltas=3, delay_ms=0)
+    waiting = asking(dashboard)
+    with httpx.stream("POST", f"{dashboard.url}/api/konsole/{waiting}/stream", json={"message": "Take notes"},
                       timeout=30) as response:
         assert response.status_code == 200
-        request_id = wait_until(lambda: next(iter(
-            httpx.get(f"{server.url}/api/konsole/{waiting}/state", timeout=10).json()["permissions"]), None))[
+        request_id = eventually(lambda: next(iter(
+            httpx.get(f"{dashboard.url}/api/konsole/{waiting}/state", timeout=10).json()["permissions"]), None))[
             "request_id"]
-    dash = Dashboard.open(context, server.url, quiet)
+    dash = Dashboard.open(context, dashboard.url, quiet)
     page = dash.page
     badge = page.locator(f"#session-list [data-session='{waiting}'] .permission-badge")
     badge.wait_for()
@@ -164,6 +148,6 @@ def test_another_sessions_waiting_request_shows_in_the_list_and_the_title(server
     page.wait_for_selector(f"{CARD}.permission-pending[data-request='{request_id}']")
     page.click(f"{CARD} button[data-decision='deny']")
     page.wait_for_selector(f"{CARD}.permission-denied")
-    wait_until(lambda: page.title() == f"{waiting} — agentwire")
+    eventually(lambda: page.title() == f"{waiting} — agentwire")
     assert badge.count() == 0
     assert not dash.errors

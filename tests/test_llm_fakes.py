@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from google.genai import types as genai_types
 
 from tests.fakes import llm_servers as fake
 from tests.fakes.llm_servers import FakeLLMServer
+from tests.support.eventually import eventually, eventually_async
 
 PROVIDERS = ["anthropic", "openai", "gemini"]
 MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4.1-mini", "gemini": "gemini-2.5-flash"}
@@ -130,7 +131,9 @@ async def _gemini(server: FakeLLMServer, out: Streamed, contents: list[Any], too
                 out.input_tokens = chunk.usage_metadata.prompt_token_count or 0
                 out.output_tokens = chunk.usage_metadata.candidates_token_count or 0
                 out.reasoning_tokens = chunk.usage_metadata.thoughts_token_count or 0
+            assert chunk.candidates, chunk
             candidate = chunk.candidates[0]
+            assert candidate.content is not None, chunk
             for part in candidate.content.parts or []:
                 out.raw_parts.append(part)
                 if part.function_call:
@@ -146,7 +149,7 @@ async def _gemini(server: FakeLLMServer, out: Streamed, contents: list[Any], too
         await client.aio.aclose()
 
 
-STREAMERS: dict[str, Callable[..., Awaitable[None]]] = {
+STREAMERS: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
     "anthropic": _anthropic, "openai": _openai, "gemini": _gemini}
 
 
@@ -348,6 +351,7 @@ def test_rate_limited_then_success(llm_server: FakeLLMServer, provider: str) -> 
         error_type = anthropic.RateLimitError if provider == "anthropic" else openai.RateLimitError
         with pytest.raises(error_type) as error:
             stream(provider, llm_server)
+        assert isinstance(error.value, anthropic.RateLimitError | openai.RateLimitError)
         assert error.value.status_code == 429
         assert error.value.response.headers["retry-after"] == "1"
     assert stream(provider, llm_server).text == fake.FIXTURE_TEXT
@@ -436,18 +440,15 @@ def test_stalled_stream_sees_the_client_leave(llm_server: FakeLLMServer) -> None
 
     async def cancel_after_first_text() -> None:
         task = asyncio.create_task(_anthropic(llm_server, out, [{"role": "user", "content": "hi"}], False, False))
-        for _ in range(1000):
-            if out.text or task.done():
-                break
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: out.text or task.done(), what="text before the stall")
         assert out.text, "no text arrived before the stall"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(cancel_after_first_text())
-    deadline = asyncio.run(_wait_for(lambda: llm_server.requests[0].disconnected))
-    assert deadline and out.text
+    eventually(lambda: llm_server.requests[0].disconnected, 5, "the fake to see the client leave")
+    assert out.text
 
 
 def test_provider_queues_before_the_shared_one(llm_server: FakeLLMServer) -> None:
@@ -471,11 +472,3 @@ def test_env_points_at_the_server(llm_server: FakeLLMServer, monkeypatch: pytest
             return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
 
     assert asyncio.run(via_env()) == fake.FIXTURE_TEXT
-
-
-async def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return True
-        await asyncio.sleep(0.01)
-    return condition()

@@ -17,8 +17,8 @@ from playwright.sync_api import Page, Route, sync_playwright
 
 import agentwire
 from tests.support.browser import chromium_path, launch, new_context
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 WEB = Path(agentwire.__file__).parent / "web"
 VENDOR = WEB / "vendor"
 ORIGIN = "http://dashboard.test"

@@ -24,12 +24,12 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, CallToolResult
 
 from agentwire.board_tools import BOARD_TOOLS, run_board_tool
-from agentwire.config import Config
 from agentwire.mcp_server import RestBoard, sdk_server
 from agentwire.providers import PROVIDERS, ProviderInfo, ToolOutcome, TurnIO
 from agentwire.types import JSON
+from tests.support.eventually import eventually
 from tests.support.server import free_port, running_app
-from tests.support.turns import create_session, run_turn, wait_for
+from tests.support.turns import create_session, run_turn
 
 TOKEN = "mcp-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -38,7 +38,7 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     journal = f"sqlite:///{tmp_path_factory.mktemp('mcp')}/journal.db"
-    with running_app(Config(port=free_port(), journal=journal, token=TOKEN)) as (served, _):
+    with running_app(journal=journal, token=TOKEN) as (served, _):
         yield served
 
 
@@ -126,7 +126,7 @@ def test_task_create_publishes_a_sanitized_card_of_the_session(url: str, kind: s
                                                            "output": "<i>done</i>"}))
     assert not updated.is_error and orjson.loads(text(updated)) == {"id": task["id"], "status": "completed"}
     assert card(url, task["id"])["context"]["output"] == "<i>done</i>"
-    wait_for(lambda: not httpx.get(f"{url}/api/konsole/{session}/state", headers=AUTH, timeout=10).json()["running"])
+    eventually(lambda: not httpx.get(f"{url}/api/konsole/{session}/state", headers=AUTH, timeout=10).json()["running"])
 
 
 @KINDS
@@ -215,8 +215,8 @@ class McpAgent:
 
 def test_a_turn_names_the_mcp_server_its_agent_starts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(PROVIDERS, "mcp-agent", ProviderInfo(f"{__name__}:McpAgent", None, "m"))
-    with running_app(Config(port=free_port(), journal=f"sqlite:///{tmp_path}/j.db", token=TOKEN,
-                            host="0.0.0.0")) as (served, _):  # the agent reaches it through loopback
+    # host 0.0.0.0: the agent reaches it through loopback
+    with running_app(journal=f"sqlite:///{tmp_path}/j.db", token=TOKEN, host="0.0.0.0") as (served, _):
         create_session(served, "agent-cards", headers=AUTH, provider="mcp-agent")
         events = run_turn(served, "agent-cards", "Card from the agent", headers=AUTH)
         assert events[-1]["type"] == "turn.completed"

@@ -10,8 +10,8 @@ import subprocess
 import time
 
 from agentwire.providers.process import find_tagged, new_tag, stop_tagged, tagged_env
+from tests.support.eventually import eventually
 from tests.support.procs import alive
-from tests.support.turns import wait_for
 
 
 def test_an_orphan_in_its_own_session_is_found_and_stopped(tmp_path: object) -> None:
@@ -22,7 +22,7 @@ def test_an_orphan_in_its_own_session_is_found_and_stopped(tmp_path: object) -> 
     assert agent.stdout is not None
     tool = int(agent.stdout.readline())
     # Once the tool leads a session of its own, it is outside the agent's process group.
-    wait_for(lambda: os.getsid(tool) == tool and set(find_tagged(tag)) >= {agent.pid, tool})
+    eventually(lambda: os.getsid(tool) == tool and set(find_tagged(tag)) >= {agent.pid, tool})
     agent.kill()
     agent.wait(5)
     assert alive(tool)
@@ -30,14 +30,14 @@ def test_an_orphan_in_its_own_session_is_found_and_stopped(tmp_path: object) -> 
 
     found = asyncio.run(stop_tagged(tag, grace=1.0))
     assert found == [tool]
-    wait_for(lambda: not alive(tool), timeout=5)
+    eventually(lambda: not alive(tool), timeout=5)
     assert find_tagged(tag) == []
 
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_grace() -> None:
     tag = new_tag()
     stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"], env=tagged_env(tag))
-    wait_for(lambda: stubborn.pid in find_tagged(tag))
+    eventually(lambda: stubborn.pid in find_tagged(tag))
     started = time.monotonic()
     asyncio.run(stop_tagged(tag, grace=0.3))
     assert stubborn.wait(5) == -signal.SIGKILL

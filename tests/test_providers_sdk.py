@@ -13,6 +13,7 @@ import pytest
 from agentwire.providers import PROVIDERS, Message, Provider, ProviderError, ToolOutcome, make_provider
 from tests.fakes import llm_servers as fake
 from tests.fakes.llm_servers import FakeLLMServer
+from tests.support.eventually import eventually_async
 from tests.support.turn_io import RecordingTurnIO
 
 NAMES = ["anthropic", "openai", "gemini"]
@@ -381,19 +382,13 @@ def test_cancel_closes_the_stream(llm_server: FakeLLMServer, name: str) -> None:
 
     async def cancel_mid_stream() -> None:
         task = asyncio.create_task(provider.run(io))
-        for _ in range(1000):
-            if io.of("text.delta") or task.done():
-                break
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: io.of("text.delta") or task.done(), what="text before the stall")
         assert io.of("text.delta"), "no text arrived before the stall"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await provider.close()
-        for _ in range(500):
-            if llm_server.requests[0].disconnected:
-                break
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: llm_server.requests[0].disconnected, 5, "the fake to see the client leave")
 
     asyncio.run(cancel_mid_stream())
     assert llm_server.requests[0].disconnected  # the HTTP stream was closed, not left hanging

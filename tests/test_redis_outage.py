@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from tests.support.cluster import AUTH, LEASE_SECONDS, TOKEN, Node, ends_turn, follower, journal_events, wire
+from tests.support.eventually import eventually
 from tests.support.redis_server import RedisServer
 from tests.support.sse import Follower, SseStream, is_event
 
@@ -91,13 +92,10 @@ def outage(tmp_path: Path) -> Iterator[tuple[RedisServer, list[Node]]]:
         redis.stop()
 
 
-def wait(condition: object, timeout: float, what: str) -> float:
-    """Poll `condition()` until true; returns the seconds it took."""
+def waited(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """`eventually(condition)`; returns the seconds it took (reported, not asserted)."""
     began = time.monotonic()
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    eventually(condition, timeout, what)
     return time.monotonic() - began
 
 
@@ -123,7 +121,7 @@ def test_redis_restart_mid_stream_loses_nothing_acknowledged(outage: tuple[Redis
     writers = [Writer(a, "on-a").start(), Writer(b, "on-b").start()]
     readers = [*boards, viewer, turn_reader]
     try:
-        wait(lambda: all(len(w.acknowledged) >= 30 for w in writers), 60, "tasks before the outage")
+        waited(lambda: all(len(w.acknowledged) >= 30 for w in writers), 60, "tasks before the outage")
         viewer.wait_for(lambda events: sum(1 for m in events if m.event == "text.delta") >= 50, 30)
         before = [wire(board.stream.messages) for board in boards]
 
@@ -131,7 +129,7 @@ def test_redis_restart_mid_stream_loses_nothing_acknowledged(outage: tuple[Redis
         redis.stop()
         stopped = time.monotonic()
         acknowledged_at_stop = [len(w.acknowledged) for w in writers]
-        took = wait(lambda: all(any(t > stopped for t, *_ in w.refused) for w in writers), 15, "refused appends")
+        took = waited(lambda: all(any(t > stopped for t, *_ in w.refused) for w in writers), 15, "refused appends")
         print(f"first 503 on both nodes {took:.2f} s after Redis stopped")
         for node in (a, b):
             began = time.monotonic()
@@ -159,9 +157,9 @@ def test_redis_restart_mid_stream_loses_nothing_acknowledged(outage: tuple[Redis
         # -- back -----------------------------------------------------------------------------------
         redis.start()
         restarted_wall = time.time()
-        healthy = wait(lambda: healthz(a) == 200 and healthz(b) == 200, 30, "healthz after the restart")
+        healthy = waited(lambda: healthz(a) == 200 and healthz(b) == 200, 30, "healthz after the restart")
         counts = [len(w.acknowledged) for w in writers]
-        wait(lambda: all(len(w.acknowledged) >= n + 30 for w, n in zip(writers, counts, strict=True)), 60,
+        waited(lambda: all(len(w.acknowledged) >= n + 30 for w, n in zip(writers, counts, strict=True)), 60,
              "tasks after the restart")
         for writer in writers:
             writer.stop()
@@ -170,7 +168,7 @@ def test_redis_restart_mid_stream_loses_nothing_acknowledged(outage: tuple[Redis
         for board in boards:
             board.wait_for(lambda events: bool(events) and int(events[-1].id or 0) >= head, 30)
         # The interrupted turn ends for every viewer: on B's session stream and A's own POST response.
-        wait(lambda: any(ends_turn(turn)(m) for m in viewer.events), 30, "the turn's end")
+        waited(lambda: any(ends_turn(turn)(m) for m in viewer.events), 30, "the turn's end")
         turn_end = next(t for m, t in zip(viewer.stream.messages, viewer.stream.received_at, strict=True)
                         if ends_turn(turn)(m)) - restarted_wall
         turn_reader.wait_for(lambda events: any(ends_turn(turn)(m) for m in events), 30)

@@ -19,10 +19,10 @@ import orjson
 import pytest
 
 from agentwire.security import host_name, host_pattern, normalize_origin
-from tests.conftest import TOKEN
+from tests.support.server import TOKEN
 
 if TYPE_CHECKING:
-    from tests.conftest import Served, ServerFactory
+    from tests.support.server import Served, ServerFactory
 
 
 def handshake(port: int, headers: dict[str, str], path: str = "/api/ws") -> tuple[int, dict[str, str], bytes]:

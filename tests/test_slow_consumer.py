@@ -22,8 +22,9 @@ import httpx
 import orjson
 import pytest
 
+from tests.support.eventually import eventually
 from tests.support.server import ServerProcess
-from tests.support.sse import Follower, SseStream, envelope, is_event
+from tests.support.sse import Follower, SseStream, envelope, is_event, seq_of
 
 # More than the kernel buffers for a stalled socket on loopback (its send buffer autotunes to a few
 # MiB), so the server's own bounded buffer is what decides.
@@ -85,19 +86,12 @@ def stalled(setup: Setup, path: str, headers: dict[str, str] | None = None) -> S
     return SseStream(setup.server.port, path, headers, rcvbuf=1024)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        time.sleep(0.02)
-
-
 def streams_closed(setup: Setup) -> None:
     def closed() -> bool:
         return setup.metric("agentwire_open_streams") == 0
 
     try:
-        wait_until(closed, 30, "streams closed")
+        eventually(closed, 30, "streams closed")
     except AssertionError:
         raise AssertionError(f"streams still open: {setup.http.get('/healthz').json()}\n"
                              f"{setup.http.get('/metrics').text}") from None
@@ -116,7 +110,7 @@ def measure_with_stalled_clients(setup: Setup, session: str) -> list[float]:
     healthy = Follower(SseStream(setup.server.port, path))
     healthy.start()
     healthy.wait_for(lambda events: len(events) >= 1)  # session.created
-    wait_until(lambda: setup.metric("agentwire_open_streams") >= 3, what="streams open")
+    eventually(lambda: setup.metric("agentwire_open_streams") >= 3, 60, "streams open")
 
     # The main turn streams many small events: these are the latency samples.
     with http.stream("POST", f"/api/konsole/{session}/stream", json={"message": "measure me"}) as response:
@@ -131,7 +125,7 @@ def measure_with_stalled_clients(setup: Setup, session: str) -> list[float]:
             assert response.status_code == 200
             queued.append(response.headers["x-agentwire-turn"])
         time.sleep(0.015)  # spread over the turn, as an agent's events would be
-    wait_until(lambda: setup.metric("agentwire_slow_consumer_disconnects") >= cuts_before + 2, 60,
+    eventually(lambda: setup.metric("agentwire_slow_consumer_disconnects") >= cuts_before + 2, 60,
                "both stalled clients cut")
     healthy.wait_for(lambda events: any(envelope(m)["type"] == "turn.completed" and envelope(m)["turn"] == turn
                                         for m in events[-50:]), 120)
@@ -141,13 +135,13 @@ def measure_with_stalled_clients(setup: Setup, session: str) -> list[float]:
     assert healthy.error is None
 
     # The healthy client missed nothing, in order, and was never cut.
-    seqs = [int(m.id) for m in healthy.events]  # type: ignore[arg-type]
+    seqs = [seq_of(m) for m in healthy.events]
     assert seqs == list(range(1, seqs[-1] + 1))
     # The stalled clients were disconnected: once they read, what the kernel held comes, then the end.
     for stream in stuck:
         stream.read_to_eof(60)
         assert stream.status == 200
-        got = [int(m.id) for m in stream.events]  # type: ignore[arg-type]
+        got = [seq_of(m) for m in stream.events]
         assert got == list(range(1, len(got) + 1))
         assert len(got) < len(seqs)
         stream.close()
@@ -189,7 +183,7 @@ def test_memory_stays_bounded_and_the_stalled_client_resumes_exactly(start: Call
     head = http.get("/api/tasks", params={"limit": 1}).json()["head"]
     cuts_before = setup.metric("agentwire_slow_consumer_disconnects")
     stuck = [stalled(setup, f"/api/stream/tasks?from={head + 1}") for _ in range(3)]
-    wait_until(lambda: setup.metric("agentwire_open_streams") >= 3, what="streams open")
+    eventually(lambda: setup.metric("agentwire_open_streams") >= 3, 60, "streams open")
     baseline = setup.rss_kib()
     peak = baseline
     # ~40 MiB of task cards; each stalled client would hold all of it if the server buffered for it.
@@ -203,7 +197,7 @@ def test_memory_stays_bounded_and_the_stalled_client_resumes_exactly(start: Call
     peak = max(peak, setup.rss_kib())
     pushed_mib = count * len(output) * 3 / (1 << 20)
     assert pushed_mib > 100
-    wait_until(lambda: setup.metric("agentwire_slow_consumer_disconnects") >= cuts_before + 3, 60,
+    eventually(lambda: setup.metric("agentwire_slow_consumer_disconnects") >= cuts_before + 3, 60,
                "stalled clients cut")
     growth_mib = (peak - baseline) / 1024
     assert growth_mib < 48, f"server RSS grew {growth_mib:.0f} MiB while {pushed_mib:.0f} MiB went unread"
@@ -214,14 +208,14 @@ def test_memory_stays_bounded_and_the_stalled_client_resumes_exactly(start: Call
     stream.read_to_eof(60)
     assert time.monotonic() - started < 60
     assert stream.status == 200 and envelope(stream.messages[0])["type"] == "stream.open"
-    partial = [(int(m.id), m.data.encode()) for m in stream.events]  # type: ignore[arg-type]
+    partial = [(seq_of(m), m.data.encode()) for m in stream.events]
     assert 0 < len(partial) < count
     last = stream.last_id
     assert last is not None
     with SseStream(setup.server.port, f"/api/stream/tasks?from={head + 1}", {"Last-Event-ID": last}) as resumed:
         resumed.read_until(lambda m: is_event(m) and envelope(m)["data"]["task"]["id"] == f"big-{count - 1}", 60)
         assert "stream.reset" not in [m.event for m in resumed.messages]
-        rest = [(int(m.id), m.data.encode()) for m in resumed.events]  # type: ignore[arg-type]
+        rest = [(seq_of(m), m.data.encode()) for m in resumed.events]
     journal = setup.journal("tasks", head)
     assert partial + rest == journal
     assert [orjson.loads(raw)["data"]["task"]["id"] for _, raw in journal] == [f"big-{n}" for n in range(count)]
@@ -261,7 +255,7 @@ def test_a_cut_slow_client_has_its_connection_closed_within_a_second(start: Call
     head = setup.tasks_head()
     cuts_before = setup.metric("agentwire_slow_consumer_disconnects")
     stuck = [stalled(setup, f"/api/stream/tasks?from={head + 1}") for _ in range(3)]
-    wait_until(lambda: setup.metric("agentwire_open_streams") >= 3, what="streams open")
+    eventually(lambda: setup.metric("agentwire_open_streams") >= 3, 60, "streams open")
     client_ports = [stream.sock.getsockname()[1] for stream in stuck]
     assert all(server_holds_socket(pid, setup.server.port, port) == "ESTABLISHED" for port in client_ports)
     output = "<p>" + "agentwire " * 20_000 + "</p>"
@@ -271,7 +265,7 @@ def test_a_cut_slow_client_has_its_connection_closed_within_a_second(start: Call
         n += 1
         assert n < 400, "the stalled clients were never cut"
     cut_at = time.monotonic()
-    wait_until(lambda: all(server_holds_socket(pid, setup.server.port, port) is None for port in client_ports),
+    eventually(lambda: all(server_holds_socket(pid, setup.server.port, port) is None for port in client_ports),
                timeout=5, what="the server closed the cut connections")
     assert time.monotonic() - cut_at < 1.0, "a cut connection stayed open for more than a second"
     # The client learns it too, once it reads: what the kernel had taken, then the end.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -16,15 +16,15 @@ import pytest
 from agentwire.journal.sqlite import sqlite_path
 from agentwire.sse import sse_control, sse_frame
 from agentwire.types import Event
-from tests.support.sse import envelope, is_event, of_type, parse_sse
+from tests.support.sse import envelope, is_event, of_type, parse_sse, seq_of
 
 if TYPE_CHECKING:
-    from tests.conftest import Served, ServerFactory
+    from tests.support.server import Served, ServerFactory
 
 FRAME = re.compile(rb"id: (\d+)\nevent: ([a-z._]+)\ndata: (\{[^\n]*\})\n\n")
 
 
-def create_tasks(server: Served, count: int, prefix: str = "t") -> list[dict]:
+def create_tasks(server: Served, count: int, prefix: str = "t") -> list[dict[str, Any]]:
     created = []
     for n in range(count):
         response = server.http.post("/api/tasks", json={"id": f"{prefix}{n}-{time.monotonic_ns()}", "title": f"#{n}"})
@@ -126,7 +126,7 @@ def test_from_zero_is_everything_and_from_n_starts_at_n(server: Served) -> None:
     for query, first in (("from=0", 1), ("from=1", 1), ("from=3", 3), ("from=5", 5)):
         with server.stream(f"/api/stream/tasks?{query}") as stream:
             stream.read_until(lambda m: m.id == "5")
-            assert [int(m.id) for m in stream.events] == list(range(first, 6)), query
+            assert [seq_of(m) for m in stream.events] == list(range(first, 6)), query
             assert envelope(stream.messages[0])["data"]["from"] == first
 
 
@@ -136,7 +136,7 @@ def test_last_event_id_means_after_and_wins_over_from(server: Served) -> None:
                                   ({"Last-Event-ID": "0"}, "?from=6", 1), ({}, "?from=6", 6)):
         with server.stream(f"/api/stream/tasks{query}", headers) as stream:
             stream.read_until(lambda m: m.id == "6")
-            assert [int(m.id) for m in stream.events] == list(range(first, 7)), (headers, query)
+            assert [seq_of(m) for m in stream.events] == list(range(first, 7)), (headers, query)
 
 
 def test_a_caught_up_position_gets_only_new_events(server: Served) -> None:
@@ -179,7 +179,7 @@ def test_a_position_older_than_what_is_kept_gets_a_reset(make_server: ServerFact
             assert [m.id for m in stream.events] == [event.id] == [str(position + 1)]
             position += 1
             # Reconnecting with the reset's id is served exactly: no second reset.
-        with server.stream("/api/stream/tasks", {"Last-Event-ID": event.id}) as again:
+        with server.stream("/api/stream/tasks", {"Last-Event-ID": str(seq_of(event))}) as again:
             again.read_until(of_type("stream.open"))
             again.read_for(0.3)
             assert [m.event for m in again.messages] == ["stream.open"]
@@ -199,13 +199,13 @@ def test_console_stream_without_a_position_starts_at_its_first_event(server: Ser
     head = server.http.get("/api/konsole/sse-console/state").json()["head"]
     with server.stream("/api/konsole/sse-console/events") as stream:
         stream.read_until(lambda m: m.id == str(head))
-        assert [int(m.id) for m in stream.events] == list(range(1, head + 1))
+        assert [seq_of(m) for m in stream.events] == list(range(1, head + 1))
         assert stream.events[0].event == "session.created"
         opened = envelope(stream.messages[0])["data"]
         assert (opened["head"], opened["from"], opened["heartbeat_ms"]) == (head, 1, 200)
     with server.stream("/api/konsole/sse-console/events?from=4") as stream:
         stream.read_until(lambda m: m.id == str(head))
-        assert [int(m.id) for m in stream.events] == list(range(4, head + 1))
+        assert [seq_of(m) for m in stream.events] == list(range(4, head + 1))
         assert all(envelope(m)["turn"].startswith("t_") for m in stream.events)
     missing = server.http.get("/api/konsole/nobody-here/events")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "session_not_found"

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from agentwire.client import SseMessage
 from tests.support.proxy import TcpProxy
 from tests.support.server import ServerProcess
-from tests.support.sse import SseStream, envelope, is_event
+from tests.support.sse import SseStream, envelope, is_event, seq_of
 
 TERMINAL = ("turn.completed", "turn.failed", "turn.cancelled")
 _names = count()
@@ -85,7 +85,7 @@ def follow(setup: Setup, path: str, mode: str, first: int, done: Callable[[SseMe
                     if not is_event(message):
                         continue
                     received.append(message)
-                    last = int(message.id)  # type: ignore[arg-type]
+                    last = seq_of(message)
                     if done(message):
                         cuts = setup.proxy.cuts_done - cuts_before
                         # (a cut planned exactly where the last read ended counts, too)
@@ -96,7 +96,7 @@ def follow(setup: Setup, path: str, mode: str, first: int, done: Callable[[SseMe
 
 
 def check_exact(setup: Setup, stream: str, received: list[SseMessage], first: int, last: int) -> None:
-    got = [(int(m.id), m.data.encode()) for m in received]  # type: ignore[arg-type]
+    got = [(seq_of(m), m.data.encode()) for m in received]
     seqs = [seq for seq, _ in got]
     assert len(seqs) == len(set(seqs)), "an event arrived twice"
     assert seqs == list(range(first, last + 1)), "events missing or out of order"
@@ -129,7 +129,7 @@ def test_console_stream_resumes_exactly_across_cuts(setup: Setup, mode: str, del
 
     received = follow(setup, f"/api/konsole/{session}/events", mode, 1, done, time.monotonic() + 60)
     assert envelope(received[-1])["type"] == "turn.completed"
-    last = int(received[-1].id)  # type: ignore[arg-type]
+    last = seq_of(received[-1])
     check_exact(setup, f"konsole/{session}", received, 1, last)
     deltas_seen = [envelope(m)["data"]["text"] for m in received if m.event == "text.delta"]
     done_text = [envelope(m)["data"]["text"] for m in received if m.event == "text.done"]
@@ -167,13 +167,13 @@ def test_tasks_stream_resumes_exactly_while_tasks_are_created(setup: Setup, mode
         last_id = f"{prefix}-{tasks - 1}"
 
         def done(message: SseMessage) -> bool:
-            return envelope(message)["data"].get("task", {}).get("id") == last_id
+            return bool(envelope(message)["data"].get("task", {}).get("id") == last_id)
 
         received = follow(setup, "/api/stream/tasks", mode, head + 1, done, time.monotonic() + 60)
     finally:
         writer.join(60)
     assert errors == [] and len(created) == tasks
-    last = int(received[-1].id)  # type: ignore[arg-type]
+    last = seq_of(received[-1])
     check_exact(setup, "tasks", received, head + 1, last)
     mine = [envelope(m)["data"]["task"]["id"] for m in received]
     assert mine == [f"{prefix}-{n}" for n in range(tasks)]

@@ -7,22 +7,22 @@ from __future__ import annotations
 import json
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support.paths import FIXTURES
 from tests.support.sse import envelope, is_event, of_type
 
 if TYPE_CHECKING:
-    from tests.conftest import Served
+    from tests.support.server import Served
 
-FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
+TASKS = FIXTURES / "tasks"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def seed(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads((TASKS / f"{name}.json").read_text(encoding="utf-8"))
     return data
 
 

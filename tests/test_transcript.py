@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,11 +11,11 @@ from agentwire.console.transcript import CatchUpFold, Transcript
 from agentwire.types import Event
 
 
-def _events(spec: list[tuple[str, dict[str, object]]], turn: str = "t1") -> list[Event]:
+def _events(spec: list[tuple[str, dict[str, Any]]], turn: str = "t1") -> list[Event]:
     return [Event.build(i + 1, "konsole/s", kind, data, turn=turn, lane="main") for i, (kind, data) in enumerate(spec)]
 
 
-TURN = [
+TURN: list[tuple[str, dict[str, Any]]] = [
     ("turn.started", {"message": "hi", "provider": "scripted", "model": "m"}),
     ("thinking.delta", {"block": 0, "text": "hm"}),
     ("thinking.done", {"block": 0, "text": "hm"}),

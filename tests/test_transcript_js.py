@@ -16,8 +16,8 @@ import pytest
 
 from agentwire.console.transcript import TERMINAL, Transcript
 from agentwire.types import Event
-from tests.conftest import Served
 from tests.support.node import node_path, run_module
+from tests.support.server import Served
 from tests.support.turns import create_session, follow_until, run_turn
 
 pytestmark = pytest.mark.skipif(node_path() is None, reason="Node.js is not installed")

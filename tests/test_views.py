@@ -3,6 +3,8 @@ the task card taken from a tool call, and the routes' OpenAPI."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -139,7 +141,7 @@ _schema = schemathesis.openapi.from_asgi("/openapi.json", _fuzzed_app)
 
 @_schema.include(path_regex="^/api/(agui|chat)").parametrize()
 @settings(max_examples=60, suppress_health_check=list(HealthCheck), deadline=None)
-def test_the_protocol_routes_answer_fuzzed_requests_as_documented(case: schemathesis.Case) -> None:
+def test_the_protocol_routes_answer_fuzzed_requests_as_documented(case: schemathesis.Case[Any]) -> None:
     """No 5xx, every status and body as the schema says, every streamed event as it says. Left out:
     405 without an Allow header (the app's, not these routes'), and the check that schema-valid input
     is accepted: a message needs text, which a schema cannot say of the last list item."""

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 
-from agentwire.console import Console
+from agentwire.console.runtime import Console
 from agentwire.providers import PROVIDERS, agents
 from agentwire.types import JSON
 

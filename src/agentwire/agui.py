@@ -66,7 +66,8 @@ from fastapi import APIRouter, Header, Request
 from pydantic import Field
 from starlette.responses import Response
 
-from agentwire.console.runtime import SESSION_NAME, Console
+from agentwire.console.runtime import Console
+from agentwire.console.sessions import SESSION_NAME
 from agentwire.console.transcript import TurnSummary
 from agentwire.openapi import errors
 from agentwire.types import JSON, AgentwireError, Conflict, Event, NotFound

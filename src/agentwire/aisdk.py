@@ -35,9 +35,10 @@ from fastapi import APIRouter, Header, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from agentwire.console.runtime import SESSION_NAME, Console
+from agentwire.console.runtime import Console
+from agentwire.console.sessions import SESSION_NAME
 from agentwire.openapi import errors
-from agentwire.types import JSON, KONSOLE_PREFIX, AgentwireError, Event
+from agentwire.types import JSON, AgentwireError, Event, stream_session
 from agentwire.views import (
     POSITION_SCHEMA,
     Position,
@@ -81,7 +82,7 @@ class UiMessageStream(TurnTranslator):
     def run_started(self, event: Event, first: bool) -> list[bytes]:
         if not first:
             return []
-        session = event.stream[len(KONSOLE_PREFIX):]
+        session = stream_session(event.stream)
         return _chunks({"type": "start", "messageId": event.turn,
                         "messageMetadata": {"session": session, "turn": event.turn, "lane": event.lane}})
 

@@ -25,8 +25,8 @@ from agentwire import agents_api, agui, aisdk, openapi, tasks, ws
 from agentwire.auth import TokenAuth
 from agentwire.body import RequestBody
 from agentwire.config import Config
-from agentwire.console import Console
 from agentwire.console import api as console_api
+from agentwire.console.runtime import Console
 from agentwire.hub import Hub
 from agentwire.journal import Journal, open_journal
 from agentwire.metrics import Metrics

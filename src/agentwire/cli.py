@@ -170,7 +170,7 @@ async def chat_command(url: str, token: str | None, session: str, message: str, 
 
 
 def mcp_command(url: str, token: str | None, session: str | None, agent: str) -> int:
-    from agentwire.console.runtime import check_session_name
+    from agentwire.console.sessions import check_session_name
     from agentwire.types import AgentwireError
 
     try:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from agentwire.background import TaskSet
-from agentwire.journal import Journal
+from agentwire.journal import AppendsOne, Journal
 from agentwire.metrics import Metrics
 from agentwire.resume import resolve
 from agentwire.types import JSON, Append, Event, Unavailable
@@ -453,7 +453,7 @@ class LiveSet:
                 del self.by_stream[subscription.stream]
 
 
-class Hub:
+class Hub(AppendsOne):
     def __init__(self, journal: Journal, metrics: Metrics | None = None, *,
                  buffer_limit: int = DEFAULT_BUFFER, heartbeat: float = 15.0) -> None:
         self.journal = journal
@@ -486,9 +486,6 @@ class Hub:
                 subscription.offer(event)
         for observer in self.observers:
             observer(event)
-
-    async def append(self, item: Append) -> Event:
-        return (await self.append_many([item]))[0]
 
     async def append_many(self, items: Sequence[Append]) -> list[Event]:
         started = time.perf_counter()

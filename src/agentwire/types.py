@@ -17,6 +17,16 @@ TASKS_STREAM = "tasks"
 KONSOLE_PREFIX = "konsole/"
 
 
+def session_stream(session: str) -> str:
+    """The stream a console session's events live on: `konsole/<session>`."""
+    return KONSOLE_PREFIX + session
+
+
+def stream_session(stream: str) -> str | None:
+    """The session a stream belongs to, or None for a stream that is not a session's (`tasks`)."""
+    return stream[len(KONSOLE_PREFIX):] if stream.startswith(KONSOLE_PREFIX) else None
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -74,6 +84,23 @@ def loads_strict(text: str | bytes) -> Any:
     return value
 
 
+def envelope_tail(stream: str, type: str, data: JSON, ts: int, turn: str | None = None,
+                  lane: str | None = None) -> bytes:
+    """An event's envelope, encoded before its seq is known: everything after `{"seq":N,`.
+
+    The one place the envelope's shape is written. Backends encode it when an event is appended and
+    put the seq in front once the store has given it one (`Event.sealed`), so an envelope is encoded
+    once, whichever backend gives out the seq (the SQLite writer or Redis' append script).
+    """
+    envelope: JSON = {"stream": stream, "type": type, "ts": ts}
+    if turn is not None:
+        envelope["turn"] = turn
+    if lane is not None:
+        envelope["lane"] = lane
+    envelope["data"] = data
+    return orjson.dumps(envelope)[1:]
+
+
 @dataclass(slots=True)
 class Event:
     """One journaled event. `raw` is the compact JSON envelope exactly as it goes on the wire.
@@ -102,15 +129,15 @@ class Event:
         turn: str | None = None,
         lane: str | None = None,
     ) -> Event:
-        envelope: JSON = {"seq": seq, "stream": stream, "type": type, "ts": now_ms() if ts is None else ts}
-        if turn is not None:
-            envelope["turn"] = turn
-        if lane is not None:
-            envelope["lane"] = lane
-        envelope["data"] = data
-        # The decoded form is not kept: `data` is the caller's dict, which the caller may change after
-        # the append; readers decode the stored bytes instead, so every view agrees with the wire.
-        return cls(seq, stream, type, orjson.dumps(envelope))
+        return cls.sealed(seq, stream, type, envelope_tail(stream, type, data, now_ms() if ts is None else ts,
+                                                           turn, lane))
+
+    @classmethod
+    def sealed(cls, seq: int, stream: str, type: str, tail: bytes) -> Event:
+        """The event once its seq is known: the seq goes in front of the envelope `envelope_tail` encoded.
+        The decoded form is not kept: `data` was the caller's dict, which the caller may change after
+        the append; readers decode the stored bytes instead, so every view agrees with the wire."""
+        return cls(seq, stream, type, b'{"seq":%d,%b' % (seq, tail))
 
     @classmethod
     def from_raw(cls, raw: bytes) -> Event:
@@ -161,6 +188,15 @@ class Doc:
     kind: str
     id: str
     body: JSON | None
+
+
+@dataclass(slots=True)
+class Message:
+    """One entry of the context a provider sends to its model: a user or assistant text. Here, not with
+    the providers, because the transcript fold makes it and the client imports that fold."""
+
+    role: str  # "user" | "assistant"
+    content: str
 
 
 @dataclass(frozen=True, slots=True)

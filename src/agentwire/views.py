@@ -31,7 +31,7 @@ from starlette.responses import Response
 from agentwire.console.runtime import Console
 from agentwire.console.transcript import TERMINAL, TurnSummary
 from agentwire.sse import stream_response
-from agentwire.types import JSON, KONSOLE_PREFIX, AgentwireError, Event, NotFound
+from agentwire.types import JSON, AgentwireError, Event, NotFound, session_stream
 
 _POSITION = re.compile(r"^([0-9]{1,19})(?:\.([0-9]{1,6}))?$")
 # For OpenAPI only: a position that does not match is answered 400 (the resume rules), not 422.
@@ -217,7 +217,7 @@ class TurnAt:
 
 
 async def turn_at(console: Console, session: str, position: Position) -> TurnAt:
-    page = await console.hub.journal.read(KONSOLE_PREFIX + session, position.seq - 1, 1) if position.seq else []
+    page = await console.hub.journal.read(session_stream(session), position.seq - 1, 1) if position.seq else []
     event = page[0] if page and page[0].seq == position.seq else None
     turn = None if event is None or event.turn is None else (await console.view(session)).turns.get(event.turn)
     if event is None or turn is None:
@@ -236,7 +236,7 @@ async def turn_view(request: Request, console: Console, session: str, turn: str,
     def last(event: Event) -> bool:
         return event.turn == turn and event.type in TERMINAL
 
-    response = await stream_response(request, console.hub, KONSOLE_PREFIX + session,
+    response = await stream_response(request, console.hub, session_stream(session),
                                      retry_ms=console.config.retry_ms,
                                      after=first_seq - 1, only=mine, until=last, framer=framer)
     response.headers.update({"x-agentwire-turn": turn, **headers})

@@ -33,7 +33,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -43,8 +43,8 @@ from starlette.types import Receive, Scope, Send
 from agentwire.config import Config
 from agentwire.connection import serve, sink_of
 from agentwire.console import Console
+from agentwire.console.lanes import Lane, TurnIn
 from agentwire.console.permissions import DecisionIn
-from agentwire.console.runtime import Lane
 from agentwire.console.transcript import CatchUpFold
 from agentwire.hub import Hub, Outbox, Sink, Subscription
 from agentwire.resume import MAX_SEQ, after_position
@@ -384,11 +384,9 @@ class UnsubscribeFrame(_Frame):
     stream: Name
 
 
-class SendFrame(_Frame):
+class SendFrame(_Frame, TurnIn):  # the REST body's fields, checked as strictly as every frame
     session: Name
-    message: str  # its size and emptiness are the console's to judge (413/422 as over REST)
     lane: Lane = "main"
-    if_busy: Literal["queue", "reject"] = "queue"
 
 
 class CancelFrame(_Frame):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.fakes.llm_servers import RecordedRequest, _tokens
+from tests.fakes.frames import tokens
+from tests.fakes.recorded import RecordedRequest
 
 
 def is_utility_call(request: RecordedRequest) -> bool:
@@ -20,11 +21,11 @@ def answer(request: RecordedRequest) -> bytes:
     config = (request.json or {}).get("generationConfig") or {}
     schema = config.get("responseJsonSchema") or config.get("responseSchema") or {"type": "OBJECT"}
     text = json.dumps(smallest(schema))
-    prompt = _tokens(request.body)
+    prompt = tokens(request.body)
     body = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP",
                             "index": 0}],
-            "usageMetadata": {"promptTokenCount": prompt, "candidatesTokenCount": _tokens(text),
-                              "totalTokenCount": prompt + _tokens(text)},
+            "usageMetadata": {"promptTokenCount": prompt, "candidatesTokenCount": tokens(text),
+                              "totalTokenCount": prompt + tokens(text)},
             "modelVersion": request.model, "responseId": "utility"}
     return json.dumps(body, indent=2).encode()
 

@@ -23,20 +23,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.fakes.llm_servers import (
-    Fault,
-    RecordedRequest,
-    Reply,
-    Text,
-    Thinking,
-    ToolCall,
-    _compact,
-    _Frame,
-    _ident,
-    _json_pieces,
-    _tokens,
-    fragments,
-)
+from tests.fakes.frames import Frame, compact, ident, json_pieces, tokens
+from tests.fakes.recorded import RecordedRequest
+from tests.fakes.scenarios import Fault, Reply, Text, Thinking, ToolCall, fragments
 
 HEADERS = {"content-type": "text/event-stream; charset=utf-8", "openai-organization": "org-fake",
            "openai-processing-ms": "97", "openai-version": "2020-10-01"}
@@ -48,19 +37,19 @@ class _Events:
     """Numbers events as the API does (`sequence_number` rises by one per event)."""
 
     def __init__(self) -> None:
-        self.frames: list[_Frame] = []
+        self.frames: list[Frame] = []
         self.sequence = 0
 
     def add(self, type: str, *, counts: bool = False, **body: Any) -> None:
         event = {"type": type, **body, "sequence_number": self.sequence}
         self.sequence += 1
-        self.frames.append(_Frame(f"event: {type}\ndata: {_compact(event)}\n\n".encode(), counts))
+        self.frames.append(Frame(f"event: {type}\ndata: {compact(event)}\n\n".encode(), counts))
 
 
-def frames(reply: Reply, request: RecordedRequest, n: int) -> list[_Frame]:
+def frames(reply: Reply, request: RecordedRequest, n: int) -> list[Frame]:
     model = request.model or "gpt-5-codex"
     response: dict[str, Any] = {
-        "id": "resp_" + _ident(f"resp{n}", 40), "object": "response", "created_at": int(time.time()),
+        "id": "resp_" + ident(f"resp{n}", 40), "object": "response", "created_at": int(time.time()),
         "status": "in_progress", "model": model, "output": [], "usage": None, "error": None}
     events = _Events()
     events.add("response.created", response=response)
@@ -70,19 +59,19 @@ def frames(reply: Reply, request: RecordedRequest, n: int) -> list[_Frame]:
     for index, block in enumerate(reply.blocks):
         if isinstance(block, Thinking):
             item = _reasoning(events, block, index, n)
-            reasoning_tokens += _tokens(block.text)
+            reasoning_tokens += tokens(block.text)
         elif isinstance(block, Text):
             item = _message(events, block, index, n)
-            output_tokens += _tokens(block.text)
+            output_tokens += tokens(block.text)
         elif block.name == "tool_search":
             item = _tool_search(events, block, index, n)
         elif block.name in CUSTOM_TOOLS:
             item = _custom_tool_call(events, block, index, n)
         else:
             item = _function_call(events, block, index, n)
-            output_tokens += _tokens(_compact(block.input)) + 10
+            output_tokens += tokens(compact(block.input)) + 10
         output.append(item)
-    input_tokens = _tokens(request.body)
+    input_tokens = tokens(request.body)
     usage = {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0},
              "output_tokens": output_tokens + reasoning_tokens,
              "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
@@ -93,10 +82,10 @@ def frames(reply: Reply, request: RecordedRequest, n: int) -> list[_Frame]:
 
 
 def _message(events: _Events, block: Text, index: int, n: int) -> dict[str, Any]:
-    item_id = "msg_" + _ident(f"msg{n}.{index}", 40)
+    item_id = "msg_" + ident(f"msg{n}.{index}", 40)
     item: dict[str, Any] = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant",
                             "content": []}
-    where = {"item_id": item_id, "output_index": index, "content_index": 0}
+    where: dict[str, Any] = {"item_id": item_id, "output_index": index, "content_index": 0}
     events.add("response.output_item.added", output_index=index, item=item)
     events.add("response.content_part.added", **where, part={"type": "output_text", "annotations": [], "text": ""})
     for piece in fragments(block.text):
@@ -110,9 +99,9 @@ def _message(events: _Events, block: Text, index: int, n: int) -> dict[str, Any]
 
 
 def _reasoning(events: _Events, block: Thinking, index: int, n: int) -> dict[str, Any]:
-    item_id = "rs_" + _ident(f"rs{n}.{index}", 40)
+    item_id = "rs_" + ident(f"rs{n}.{index}", 40)
     item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": []}
-    where = {"item_id": item_id, "output_index": index, "summary_index": 0}
+    where: dict[str, Any] = {"item_id": item_id, "output_index": index, "summary_index": 0}
     events.add("response.output_item.added", output_index=index, item=item)
     events.add("response.reasoning_summary_part.added", **where, part={"type": "summary_text", "text": ""})
     for piece in fragments(block.text):
@@ -120,24 +109,24 @@ def _reasoning(events: _Events, block: Thinking, index: int, n: int) -> dict[str
     events.add("response.reasoning_summary_text.done", **where, text=block.text)
     part = {"type": "summary_text", "text": block.text}
     events.add("response.reasoning_summary_part.done", **where, part=part)
-    done = {**item, "summary": [part], "encrypted_content": "gAAAAB" + _ident(block.signature, 60)}
+    done = {**item, "summary": [part], "encrypted_content": "gAAAAB" + ident(block.signature, 60)}
     events.add("response.output_item.done", output_index=index, item=done)
     return done
 
 
 def _function_call(events: _Events, block: ToolCall, index: int, n: int) -> dict[str, Any]:
-    item_id = "fc_" + _ident(f"fc{n}.{index}", 40)
-    call_id = block.id or "call_" + _ident(f"call{n}.{index}", 24)
+    item_id = "fc_" + ident(f"fc{n}.{index}", 40)
+    call_id = block.id or "call_" + ident(f"call{n}.{index}", 24)
     namespace, _, name = block.name.rpartition("/")
     item: dict[str, Any] = {"id": item_id, "type": "function_call", "status": "in_progress", "arguments": "",
                             "call_id": call_id, "name": name}
     if namespace:
         item["namespace"] = namespace
     events.add("response.output_item.added", output_index=index, item=item)
-    for piece in _json_pieces(block.input):
+    for piece in json_pieces(block.input):
         events.add("response.function_call_arguments.delta", counts=True, item_id=item_id, output_index=index,
                    delta=piece)
-    arguments = _compact(block.input)
+    arguments = compact(block.input)
     events.add("response.function_call_arguments.done", item_id=item_id, output_index=index, arguments=arguments)
     done = {**item, "status": "completed", "arguments": arguments}
     events.add("response.output_item.done", output_index=index, item=done)
@@ -145,10 +134,10 @@ def _function_call(events: _Events, block: ToolCall, index: int, n: int) -> dict
 
 
 def _custom_tool_call(events: _Events, block: ToolCall, index: int, n: int) -> dict[str, Any]:
-    item_id = "ctc_" + _ident(f"ctc{n}.{index}", 40)
+    item_id = "ctc_" + ident(f"ctc{n}.{index}", 40)
     text = str(block.input.get("input", ""))
     item: dict[str, Any] = {"id": item_id, "type": "custom_tool_call", "status": "in_progress",
-                            "call_id": block.id or "call_" + _ident(f"ctc{n}.{index}", 24), "name": block.name,
+                            "call_id": block.id or "call_" + ident(f"ctc{n}.{index}", 24), "name": block.name,
                             "input": ""}
     events.add("response.output_item.added", output_index=index, item=item)
     events.add("response.custom_tool_call_input.delta", counts=True, item_id=item_id, output_index=index,
@@ -160,8 +149,8 @@ def _custom_tool_call(events: _Events, block: ToolCall, index: int, n: int) -> d
 
 
 def _tool_search(events: _Events, block: ToolCall, index: int, n: int) -> dict[str, Any]:
-    item = {"id": "tsc_" + _ident(f"tsc{n}.{index}", 40), "type": "tool_search_call",
-            "call_id": block.id or "call_" + _ident(f"ts{n}.{index}", 24), "execution": "client",
+    item = {"id": "tsc_" + ident(f"tsc{n}.{index}", 40), "type": "tool_search_call",
+            "call_id": block.id or "call_" + ident(f"ts{n}.{index}", 24), "execution": "client",
             "status": "in_progress", "arguments": block.input}
     events.add("response.output_item.added", output_index=index, item=item)
     done = {**item, "status": "completed"}
@@ -169,29 +158,13 @@ def _tool_search(events: _Events, block: ToolCall, index: int, n: int) -> dict[s
     return done
 
 
-def fault(kind: Fault) -> _Frame:
+def fault(kind: Fault) -> Frame:
     if kind == "error":
         failed = {"type": "response.failed", "sequence_number": 999, "response": {
             "id": "resp_failed", "object": "response", "status": "failed", "output": [],
             "error": {"code": "server_error", "message": FAILED_MESSAGE}}}
-        return _Frame(f"event: response.failed\ndata: {_compact(failed)}\n\n".encode())
-    return _Frame(b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"trunc\n\n')
-
-
-def tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tool outputs the request carries (`function_call_output`, `custom_tool_call_output`), in order."""
-    names: dict[str, str] = {}
-    results = []
-    for item in body.get("input", []):
-        if item.get("type") in ("function_call", "custom_tool_call"):
-            names[item["call_id"]] = item["name"]
-        elif item.get("type") in ("function_call_output", "custom_tool_call_output"):
-            output = item.get("output", "")
-            if isinstance(output, list):
-                output = "".join(part.get("text", "") for part in output)
-            results.append({"call_id": item["call_id"], "name": names.get(item["call_id"]), "output": output,
-                            "is_error": None})
-    return results
+        return Frame(f"event: response.failed\ndata: {compact(failed)}\n\n".encode())
+    return Frame(b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"trunc\n\n')
 
 
 def texts(body: dict[str, Any], role: str) -> list[str]:

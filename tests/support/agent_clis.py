@@ -19,10 +19,10 @@ import pytest
 from agentwire.config import Config
 from tests.fakes import openai_responses
 from tests.fakes.llm_servers import FakeLLMServer, RecordedRequest
+from tests.support.paths import ROOT
 from tests.support.server import free_port
 from tests.support.turns import create_session
 
-ROOT = Path(__file__).resolve().parents[2]
 BINARIES = {"codex": ROOT / "node_modules" / ".bin" / "codex", "gemini-cli": ROOT / "node_modules" / ".bin" / "gemini"}
 AGENTS = ("codex", "gemini-cli")
 FAKE = {"codex": "responses", "gemini-cli": "gemini"}  # the FakeLLMServer provider each one talks to

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright
+
+from tests.support.eventually import eventually
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -24,6 +25,11 @@ TIMING = re.compile(r"^⏱️ \d+\.\ds · \d+ tools? · TTFE \d+% · Thinking \d
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# The marks of a module whose tests drive Chromium (`pytestmark = BROWSER_TESTS`).
+BROWSER_TESTS = [pytest.mark.browser,
+                 pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed")]
 
 
 def launch(playwright: Playwright) -> Browser:
@@ -123,18 +129,8 @@ def session_state(base: str, session: str) -> dict[str, Any]:
     return state
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met in {timeout}s")
-        time.sleep(interval)
-
-
 def wait_idle(base: str, session: str, timeout: float = 60.0) -> dict[str, Any]:
-    state: dict[str, Any] = wait_until(
-        lambda: (s := session_state(base, session)) and not s["running"] and not s["queued"] and s, timeout)
+    state: dict[str, Any] = eventually(
+        lambda: (s := session_state(base, session)) and not s["running"] and not s["queued"] and s, timeout,
+        f"session {session} idle", interval=0.05)
     return state

@@ -13,11 +13,11 @@ from typing import Any
 import claude_agent_sdk
 import pytest
 
-from agentwire.config import Config
 from tests.fakes.llm_servers import FakeLLMServer
+from tests.support.eventually import eventually
 from tests.support.procs import started_at, with_environ
-from tests.support.server import free_port, running_app
-from tests.support.turns import create_session, wait_for
+from tests.support.server import running_app
+from tests.support.turns import create_session
 
 __all__ = ["BUNDLED", "MODEL", "SLEEP", "VERSION", "Env", "agents", "claude_env", "claude_server", "make_home",
            "patched_env", "processes", "sleeping", "started_at", "user_texts"]
@@ -58,12 +58,12 @@ def claude_server(root: Path, **config: Any) -> Iterator[Env]:
     home = make_home(root / "home")
     with FakeLLMServer() as server, patched_env(claude_env(server, home)):
         state = Env(server, home, root)
-        with running_app(Config(**{"port": free_port(), "journal": f"sqlite:///{root}/journal.db", "no_auth": True,
-                                   "provider": "claude", "model": MODEL, **config})) as (url, _):
+        with running_app(**{"journal": f"sqlite:///{root}/journal.db", "provider": "claude", "model": MODEL,
+                            **config}) as (url, _):
             state.url = url
             yield state
         # Shutting down stops every agent and everything they started (warm quick workers too).
-        wait_for(lambda: not processes(home), timeout=10)
+        eventually(lambda: not processes(home), timeout=10)
 
 
 def claude_env(server: FakeLLMServer, home: Path) -> dict[str, str]:
@@ -117,10 +117,10 @@ def _cwd(pid: int) -> str | None:
         return None
 
 
-def user_texts(body: dict[str, object]) -> list[str]:
+def user_texts(body: dict[str, Any]) -> list[str]:
     """Every text the request sends as the user's or the assistant's (its conversation so far)."""
     texts = []
-    for message in body.get("messages", []):  # type: ignore[union-attr]
+    for message in body.get("messages", []):
         content = message["content"]
         if isinstance(content, str):
             texts.append(content)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import random
-import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,8 +15,8 @@ import orjson
 from agentwire.client import SseMessage
 from agentwire.journal.redis import RedisJournal
 from tests.support.redis_server import RedisServer
-from tests.support.server import ServerProcess, wait_healthy
-from tests.support.sse import Follower, SseStream, envelope, is_event
+from tests.support.server import ServerProcess
+from tests.support.sse import Follower, SseStream, envelope, is_event, seq_of
 
 TOKEN = "multinode-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -38,21 +35,7 @@ class Node(ServerProcess):
     """`ServerProcess`, given longer to boot: three nodes starting at once on a busy 2-core machine
     can take longer than its 15 s."""
 
-    def start(self, timeout: float = 90.0) -> Node:
-        auth = ["--token", self.token] if self.token else ["--no-auth"]
-        cmd = [sys.executable, "-m", "agentwire", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--journal", self.journal, "--log-level", "warning", *auth, *self.args]
-        if self._log is not None:  # a restart: the previous run's log file is done
-            self._log.close()
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # closed by stop()
-        self._log = out if self.log_path else None  # type: ignore[assignment]
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_healthy(self.url, timeout=timeout, headers=self.headers)
-        except TimeoutError:
-            self.kill()
-            raise
-        return self
+    boot_timeout = 90.0
 
 
 class Cluster:
@@ -106,7 +89,7 @@ def journal_events(url: str, stream: str) -> list[Wire]:
 
 
 def wire(messages: list[SseMessage]) -> list[Wire]:
-    return [(int(m.id), m.data) for m in messages if is_event(m)]  # type: ignore[arg-type]
+    return [(seq_of(m), m.data) for m in messages if is_event(m)]
 
 
 def create_session(node: ServerProcess, name: str, **options: object) -> None:

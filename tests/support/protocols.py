@@ -19,24 +19,22 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from agentwire.config import Config
 from agentwire.console.transcript import TERMINAL
-from tests.support.server import free_port, running_app
+from tests.support.paths import ROOT, TESTS
+from tests.support.server import running_app
 from tests.support.turns import follow_until, transcript_of
 
 JSON = dict[str, Any]
 TOKEN = "protocols-test-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-ROOT = Path(__file__).resolve().parents[2]
-NODE_DIR = ROOT / "tests" / "node"
+NODE_DIR = TESTS / "node"
 Part = tuple[Any, ...]
 
 
 @contextlib.contextmanager
 def served(directory: Path) -> Iterator[str]:
     """A server with a token (the clients send it as their own transports do) and a SQLite journal."""
-    config = Config(port=free_port(), journal=f"sqlite:///{directory / 'journal.db'}", token=TOKEN)
-    with running_app(config) as (url, _):
+    with running_app(journal=f"sqlite:///{directory / 'journal.db'}", token=TOKEN) as (url, _):
         yield url
 
 

@@ -6,27 +6,28 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import itertools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import pytest
 
 from agentwire.journal.redis import RedisJournal
+from agentwire.types import Append
+from tests.support.eventually import eventually
+from tests.support.net import free_port
 
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -60,20 +61,22 @@ class RedisServer:
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                code, self.process = self.process.returncode, None
-                raise RuntimeError(f"redis-server exited with {code}: {self._log_tail()}")
-            try:
-                if self.command("PING") == b"+PONG":
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop(kill=True)
-                raise TimeoutError(f"redis-server on port {self.port} did not answer PING: {self._log_tail()}")
-            time.sleep(0.02)
+        try:
+            eventually(self._answers, timeout, f"redis-server on port {self.port} to answer PING")
+        except AssertionError:
+            self.stop(kill=True)
+            raise AssertionError(f"redis-server on port {self.port} did not answer PING: {self._log_tail()}") from None
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            code, self.process = self.process.returncode, None
+            raise RuntimeError(f"redis-server exited with {code}: {self._log_tail()}")
+        try:
+            return self.command("PING") == b"+PONG"
+        except OSError:
+            return False
 
     def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
         """SIGTERM (Redis flushes and exits) or, with `kill`, SIGKILL (a crash)."""
@@ -155,3 +158,30 @@ def redis_journal_factory(where: Path | str, *, retention: int = 0) -> RedisJour
     the test fails rather than skips."""
     space = hashlib.sha1(os.fsencode(where)).hexdigest()[:16]
     return RedisJournal(shared_redis_server().url, retention=retention, prefix=f"agentwire-test:{space}:")
+
+
+# The Redis journal's own tests (test_journal_redis*.py): one redis-server per test module and a key
+# space of its own per test, offered to every test by the root conftest.py.
+_spaces = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A key space of this test's own on the module's server."""
+    return f"{redis_server.url}?prefix=t{next(_spaces)}:"
+
+
+async def started(url: str, *, retention: int = 0) -> RedisJournal:
+    journal = RedisJournal(url, retention=retention)
+    await journal.start()
+    return journal
+
+
+def items(stream: str, n: int, **data: Any) -> list[Append]:
+    return [Append(stream, "e", {"i": i, **data}) for i in range(n)]

@@ -1,5 +1,7 @@
-"""Start agentwire servers for tests: as a real subprocess (`ServerProcess`, for kill/restart tests)
-or in a thread of the test process (`running_app`, cheaper)."""
+"""The one way tests start an agentwire server: as a real subprocess (`ServerProcess`, for kill/restart
+tests) or in a thread of the test process (`served_in_thread` / `running_app`, cheaper). Both wait for
+`/healthz`; the thread server also checks its shutdown. The `make_server`/`server` fixtures
+(conftest.py) build on `running_app`."""
 
 from __future__ import annotations
 
@@ -8,14 +10,14 @@ import contextlib
 import gc
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import uvicorn
@@ -23,29 +25,76 @@ import uvicorn
 from agentwire.app import create_app
 from agentwire.config import Config
 from agentwire.server import uvicorn_options
+from tests.support.eventually import eventually
+from tests.support.net import free_port
+from tests.support.sse import SseStream
+
+__all__ = [
+    "TOKEN",
+    "Served",
+    "ServerFactory",
+    "ServerProcess",
+    "ThreadServer",
+    "free_port",
+    "running_app",
+    "served_in_thread",
+    "wait_healthy",
+]
+
+TOKEN = "test-token-0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass
+class Served:
+    """A server running in a thread of the test process, and an authorized HTTP client for it."""
+
+    url: str
+    config: Config
+    http: httpx.Client
+    auth: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def token(self) -> str:
+        assert self.config.token is not None
+        return self.config.token
+
+    def stream(self, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> SseStream:
+        """Open `path` over a raw socket (with the token, unless `headers` brings its own)."""
+        return SseStream(self.port, path, {**self.auth, **(headers or {})}, **kwargs)
+
+    def tasks_head(self) -> int:
+        head: int = self.http.get("/api/tasks", params={"limit": 1}).raise_for_status().json()["head"]
+        return head
+
+
+ServerFactory = Callable[..., Served]
 
 
 def wait_healthy(url: str, timeout: float = 15.0, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+    """Until `GET /healthz` answers 200 (AssertionError after `timeout` s, naming the last failure)."""
+    failures: list[str] = []
+
+    def healthy() -> bool:
         try:
-            if httpx.get(url + "/healthz", timeout=1.0, headers=headers).status_code == 200:
-                return
+            return httpx.get(url + "/healthz", timeout=1.0, headers=headers).status_code == 200
         except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.05)
-    raise TimeoutError(f"server at {url} did not become healthy: {last}")
+            failures[:] = [repr(exc)]
+            return False
+
+    try:
+        eventually(healthy, timeout, interval=0.05)
+    except AssertionError:
+        raise AssertionError(f"server at {url} did not become healthy in {timeout} s: {failures}") from None
 
 
 class ServerProcess:
     """`agentwire serve` in its own process, on a fixed port so it can be restarted in place."""
+
+    boot_timeout = 15.0  # seconds `start()` waits for /healthz (`cluster.Node` waits longer)
 
     def __init__(self, journal: str, *, port: int | None = None, token: str | None = None,
                  args: list[str] | None = None, env: dict[str, str] | None = None,
@@ -57,7 +106,7 @@ class ServerProcess:
         self.env = env or {}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     @property
     def url(self) -> str:
@@ -74,12 +123,11 @@ class ServerProcess:
         env = {**os.environ, **self.env}
         if self._log is not None:  # a restart: the previous run's log file is done
             self._log.close()
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self._log = out if self.log_path else None
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self._log = open(self.log_path, "ab") if self.log_path else None  # closed by stop() or a restart
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
-            wait_healthy(self.url, headers=self.headers)
-        except TimeoutError:
+            wait_healthy(self.url, timeout=self.boot_timeout, headers=self.headers)
+        except BaseException:
             self.kill()
             raise
         return self
@@ -175,7 +223,7 @@ class ThreadServer:
 
 
 @contextlib.contextmanager
-def running_app(config: Config | None = None, **overrides: object) -> Iterator[tuple[str, Config]]:
+def running_app(config: Config | None = None, **overrides: Any) -> Iterator[tuple[str, Config]]:
     """Serve `create_app(config)` on a free port in a background thread; yields (url, config).
     On leaving, the shutdown is checked (`ThreadServer`)."""
     with served_in_thread(config, **overrides) as served:
@@ -183,11 +231,14 @@ def running_app(config: Config | None = None, **overrides: object) -> Iterator[t
 
 
 @contextlib.contextmanager
-def served_in_thread(config: Config | None = None, **overrides: object) -> Iterator[ThreadServer]:
+def served_in_thread(config: Config | None = None, **overrides: Any) -> Iterator[ThreadServer]:
+    """Serve `config`, or a `Config` of `overrides` on a free port (memory journal; no auth unless a
+    token is given), in a background thread; the shutdown is checked on leaving (`ThreadServer`)."""
     if config is None:
-        values: dict[str, object] = {"port": free_port(), "journal": "memory://", "no_auth": True}
-        values.update(overrides)
-        config = Config(**values)  # type: ignore[arg-type]
+        values: dict[str, Any] = {"port": free_port(), "journal": "memory://", "no_auth": "token" not in overrides}
+        config = Config(**{**values, **overrides})
+    elif overrides:
+        raise TypeError("give a Config or overrides, not both")
     served = ThreadServer(config)
     try:
         yield served.start()

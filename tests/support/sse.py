@@ -18,6 +18,7 @@ import httpx
 import orjson
 
 from agentwire.client import SseMessage, SseParser
+from tests.support.eventually import eventually
 
 Predicate = Callable[[SseMessage], bool]
 
@@ -35,6 +36,12 @@ def envelope(message: SseMessage) -> dict[str, Any]:
 def is_event(message: SseMessage) -> bool:
     """A journaled event (it has an id and a seq), not `stream.open`/`stream.reset`."""
     return message.id is not None and message.event not in ("stream.open", "stream.reset")
+
+
+def seq_of(message: SseMessage) -> int:
+    """The seq of a journaled event (its SSE id)."""
+    assert message.id is not None, f"{message.event} has no id: not a journaled event"
+    return int(message.id)
 
 
 def of_type(*types: str) -> Predicate:
@@ -259,15 +266,18 @@ class Follower(threading.Thread):
         return [message for message in list(self.stream.messages) if is_event(message)]
 
     def wait_for(self, predicate: Callable[[list[SseMessage]], bool], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.events):
+        """Until `predicate(self.events)` holds; the reader's error, or EOFError if the stream ended first."""
+        def met() -> bool:
+            if predicate(self.events):
+                return True
             if self.error is not None:
                 raise self.error
             if not self.is_alive():
                 raise EOFError(f"stream ended while waiting; {len(self.events)} events")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"condition not met in {timeout}s; {len(self.events)} events")
-            time.sleep(0.01)
+            return False
+
+        eventually(met, timeout, f"a condition on the followed stream ({len(self.events)} events at the start)",
+                   interval=0.01)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._halt.set()

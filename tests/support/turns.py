@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,8 +35,17 @@ def sse_events(response: httpx.Response) -> Iterator[JSON]:
             yield orjson.loads(message.data)
 
 
+def on_type(kind: str, flag: threading.Event) -> Callable[[JSON], None]:
+    """An `on_event` for `run_turn` that sets `flag` when an event of type `kind` arrives."""
+    def seen(event: JSON) -> None:
+        if event["type"] == kind:
+            flag.set()
+
+    return seen
+
+
 def run_turn(url: str, session: str, message: str, *, lane: str = "main", headers: dict[str, str] | None = None,
-             on_event: Callable[[JSON], None] | None = None, params: JSON | None = None) -> list[JSON]:
+             on_event: Callable[[JSON], object] | None = None, params: JSON | None = None) -> list[JSON]:
     """POST a turn and read its SSE response to the end; returns the journaled events (with seq)."""
     path = "quick" if lane == "quick" else "stream"
     events = []
@@ -128,15 +138,6 @@ def comparable(transcript: Transcript) -> JSON:
             "error", "reason")
     entries = [{k: _no_ids(entry[k]) for k in keep if k in entry} for entry in transcript.entries]
     return {"entries": entries, "todos": transcript.todos}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -10,19 +10,29 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from agentwire.console.lanes import IfBusy, Lane, TurnIn
 from agentwire.console.permissions import DecisionIn
-from agentwire.console.runtime import Console, Lane, SessionIn, check_session_name
+from agentwire.console.runtime import Console
+from agentwire.console.sessions import SessionIn, check_session_name
 from agentwire.console.transcript import TERMINAL, CatchUpFold
 from agentwire.openapi import errors, stream_responses
 from agentwire.sse import EventStreamResponse, stream_response
-from agentwire.types import JSON, KONSOLE_PREFIX, Event
+from agentwire.types import JSON, Event, session_stream
 
 
-class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # Size is checked by the console (413 over the limit, 422 when empty), not here.
-    message: str
-    if_busy: Literal["queue", "reject"] | None = None
+class StartTurnIn(TurnIn):
+    """`POST …/turns`: a turn request that names its lane (the streaming routes' lane is their path)."""
+
+    lane: Lane = "main"
+
+
+class TurnOut(BaseModel):
+    """A started (or queued) turn; its events come on the session's stream from `first_seq`."""
+
+    turn: str
+    session: str
+    lane: Lane
+    first_seq: int
 
 
 class CancelIn(BaseModel):
@@ -63,11 +73,11 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
     async def get_session(request: Request, session: str) -> JSON:
         return await console_of(request).session(session)
 
-    async def start(request: Request, session: str, body: MessageIn, lane: Lane,
-                    if_busy: str | None) -> Response:
+    async def start(request: Request, session: str, body: TurnIn, lane: Lane,
+                    if_busy: IfBusy | None) -> Response:
         console = console_of(request)
         check_session_name(session)
-        turn = await console.submit(session, body.message, lane, body.if_busy or if_busy or "queue")
+        turn = await console.submit(session, body.message, lane, body.if_busy or if_busy)
         assert turn.first_event is not None
         turn_id = turn.id
 
@@ -85,13 +95,22 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
 
     @api.post("/{session}/stream", response_class=EventStreamResponse, status_code=200,
               responses={**stream_responses(), **errors(409)})
-    async def stream_turn(request: Request, session: str, body: MessageIn,
-                          if_busy: Literal["queue", "reject"] | None = None) -> Response:
+    async def stream_turn(request: Request, session: str, body: TurnIn, if_busy: IfBusy | None = None) -> Response:
         return await start(request, session, body, "main", if_busy)
 
     @api.post("/{session}/quick", response_class=EventStreamResponse, status_code=200, responses=stream_responses())
-    async def quick_turn(request: Request, session: str, body: MessageIn) -> Response:
+    async def quick_turn(request: Request, session: str, body: TurnIn) -> Response:
         return await start(request, session, body, "quick", None)
+
+    @api.post("/{session}/turns", response_model=TurnOut, responses=errors(409, 413))
+    async def start_turn(request: Request, session: str, body: StartTurnIn) -> JSON:
+        """Start a turn without a stream of its own: for a client that already follows the session's
+        events (the dashboard), which then carry the turn's from `first_seq` (the WebSocket `send`)."""
+        console = console_of(request)
+        check_session_name(session)
+        turn = await console.submit(session, body.message, body.lane, body.if_busy or "queue")
+        assert turn.first_event is not None
+        return {"turn": turn.id, "session": session, "lane": body.lane, "first_seq": turn.first_event.seq}
 
     @api.get("/{session}/events", response_class=EventStreamResponse, status_code=200,
              responses={**stream_responses(), **errors(400, 404)})
@@ -99,7 +118,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
                      fold: Annotated[int, Query(ge=0, le=1)] = 0) -> Response:
         console = console_of(request)
         await console.session(session)
-        return await stream_response(request, console.hub, KONSOLE_PREFIX + session,
+        return await stream_response(request, console.hub, session_stream(session),
                                      retry_ms=console.config.retry_ms,
                                      replay=CatchUpFold() if fold else None)
 

@@ -24,17 +24,24 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentwire.console.lanes import Turn
 from agentwire.console.transcript import Transcript
 from agentwire.hub import Hub, Outbox
 from agentwire.providers import Permission
-from agentwire.types import JSON, KONSOLE_PREFIX, Append, Conflict, Event, NotFound, ValidationFailed, now_ms
-
-if TYPE_CHECKING:
-    from agentwire.console.turn import Turn
+from agentwire.types import (
+    JSON,
+    Append,
+    Conflict,
+    Event,
+    NotFound,
+    ValidationFailed,
+    now_ms,
+    session_stream,
+)
 
 log = logging.getLogger("agentwire.permissions")
 
@@ -207,7 +214,7 @@ class Permissions:
             if remember:
                 data["remember"] = True
                 data["rule"] = rule_for(request["tool"], request.get("input") or {})
-            event = await self.hub.append(Append(KONSOLE_PREFIX + session, "permission.decided", data,
+            event = await self.hub.append(Append(session_stream(session), "permission.decided", data,
                                                  turn=request["turn"], lane=request["lane"]))
         finally:
             await self.hub.journal.release(key, owner)

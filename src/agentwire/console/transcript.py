@@ -2,7 +2,8 @@
 snapshot, and the catch-up fold that replaces a finished block's deltas by its one `*.done`.
 
 The same fold serves the server (`/messages`, `/state`, the context a provider gets) and clients
-(the Python client rebuilds its transcript with it), so "what the user saw" has one definition.
+(the Python client rebuilds its transcript with it), so "what the user saw" has one definition. A leaf:
+it imports only the vocabulary (`types.py`), so a client loads it without the server.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentwire.providers import Message
-from agentwire.types import JSON, Event
+from agentwire.types import JSON, Event, Message
 
 TERMINAL = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
 PERMISSION_FIELDS = ("request_id", "tool", "input", "call_id", "title", "expires_at", "rule")
@@ -36,7 +36,7 @@ class Transcript:
     """A fold of one session stream. Feed events in seq order with `apply`; duplicates are ignored."""
 
     seq: int = 0
-    entries: list[JSON] = field(default_factory=list)
+    _entries: list[JSON] = field(default_factory=list)
     todos: list[JSON] = field(default_factory=list)
     turns: dict[str, TurnSummary] = field(default_factory=dict)
     usage: JSON = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0})
@@ -50,6 +50,18 @@ class Transcript:
     rules: list[JSON] = field(default_factory=list)
     _blocks: dict[tuple[str, str, int], JSON] = field(default_factory=dict)
     _tools: dict[str, JSON] = field(default_factory=dict)
+    # Deltas not yet joined into their entry's text: `text += delta` on a dict value copies the whole
+    # text every time (quadratic; a 200,000-delta turn spent most of its CPU there), so deltas are
+    # kept as parts and joined once, when someone reads the entries.
+    _parts: dict[tuple[str, str, int], list[str]] = field(default_factory=dict)
+
+    @property
+    def entries(self) -> list[JSON]:
+        for key, parts in self._parts.items():
+            entry = self._blocks[key]
+            entry["text"] += "".join(parts)
+        self._parts.clear()
+        return self._entries
 
     def apply(self, event: Event) -> None:
         if event.seq <= self.seq:
@@ -69,7 +81,7 @@ class Transcript:
             if summary is None:
                 summary = self.turns[turn] = TurnSummary(turn, lane, data.get("message", ""), "queued",
                                                          started_seq=seq, origin=data.get("origin"))
-                self.entries.append({**base, "role": "user", "kind": "message", "text": summary.message})
+                self._entries.append({**base, "role": "user", "kind": "message", "text": summary.message})
             if kind == "turn.started":
                 summary.status = "running"
                 summary.provider = data.get("provider")
@@ -80,11 +92,13 @@ class Transcript:
             if entry is None:
                 entry = self._blocks[key] = {**base, "role": "assistant", "kind": key[1], "block": key[2],
                                              "text": "", "done": False}
-                self.entries.append(entry)
+                self._entries.append(entry)
             if kind.endswith(".delta"):
-                entry["text"] += data.get("text", "")
+                self._parts.setdefault(key, []).append(data.get("text", ""))
             else:
-                entry["text"] = data.get("text", entry["text"])
+                if "text" in data:
+                    entry["text"] = data["text"]
+                    self._parts.pop(key, None)
                 entry["done"] = True
             entry["seq"] = seq
         elif kind == "tool.call":
@@ -94,20 +108,20 @@ class Transcript:
             if data.get("parent_call_id"):
                 entry["parent_call_id"] = data["parent_call_id"]
             self._tools[str(data.get("call_id"))] = entry
-            self.entries.append(entry)
+            self._entries.append(entry)
         elif kind == "tool.result":
             entry = self._tools.get(str(data.get("call_id")))
             if entry is None:
                 entry = {**base, "role": "assistant", "kind": "tool", "call_id": data.get("call_id"),
                          "name": None, "input": None}
-                self.entries.append(entry)
+                self._entries.append(entry)
             entry.update(output=data.get("output"), is_error=bool(data.get("is_error")),
                          duration_ms=data.get("duration_ms"), done=True, seq=seq)
         elif kind == "permission.requested":
             entry = {**base, "role": "assistant", "kind": "permission", "status": "pending",
                      **{k: data[k] for k in PERMISSION_FIELDS if k in data}}
             self.permissions[str(data.get("request_id"))] = entry
-            self.entries.append(entry)
+            self._entries.append(entry)
         elif kind == "permission.decided":
             entry = self.permissions.get(str(data.get("request_id")))
             if entry is not None:
@@ -137,7 +151,7 @@ class Transcript:
             for request in self.permissions.values():
                 if request["turn"] == turn and request["status"] == "pending":
                     request["status"] = "ended"  # its node died: nobody can answer it now
-            self.entries.append({**base, "role": "system", "kind": kind, **_end_fields(data)})
+            self._entries.append({**base, "role": "system", "kind": kind, **_end_fields(data)})
             if not any(t.status in ("running", "queued") for t in self.turns.values()):
                 self.state = {"agent_state": "idle", "outstanding_llm_calls": 0, "outstanding_tool_calls": []}
 

@@ -9,44 +9,28 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
+from agentwire.config import Config
+from agentwire.console.lanes import Turn
+from agentwire.console.permissions import Permissions
 from agentwire.console.timing import TurnClock
-from agentwire.console.tools import ToolCall
-from agentwire.hub import Hub, Outbox
-from agentwire.providers import Message, Permission, ToolOutcome, ToolSpec, Usage
-from agentwire.types import JSON, KONSOLE_PREFIX, Append, Doc, Event
-
-if TYPE_CHECKING:
-    from agentwire.console.runtime import Console
+from agentwire.console.tools import ToolCall, Tools
+from agentwire.hub import Hub
+from agentwire.providers import Message, Permission, ToolOutcome, Usage
+from agentwire.types import JSON, Append, Doc, Event
 
 
-@dataclass
-class Turn:
-    id: str
-    session: str
-    lane: str
-    message: str
-    cancel_reason: str | None = None
-    done: bool = False
-    first_event: Event | None = field(default=None, repr=False)
-    # Who asked, recorded on the turn's first event (e.g. {"protocol": "ag-ui", "run_id": …}), so a
-    # protocol view can tell its own runs apart when a client resumes one.
-    origin: JSON | None = None
-    # Its permission requests still waiting for an answer, and where their answers arrive (a
-    # cancel wakes those, so an agent waiting in a task of its own hears of it at once).
-    asked: set[str] = field(default_factory=set, repr=False)
-    waiting: set[Outbox] = field(default_factory=set, repr=False)
+@dataclass(frozen=True, slots=True)
+class TurnServices:
+    """What a running turn uses of the console: where its events go, its tools, its permission
+    requests, and the server's address (for the MCP server an agent CLI starts)."""
 
-    @property
-    def stream(self) -> str:
-        return KONSOLE_PREFIX + self.session
-
-    def cancel(self, reason: str) -> None:
-        self.cancel_reason = reason
-        for waiting in tuple(self.waiting):
-            waiting.put(b"")
+    hub: Hub
+    tools: Tools
+    permissions: Permissions
+    config: Config
 
 
 class _EventWriter:
@@ -107,9 +91,9 @@ class _EventWriter:
 class TurnRunner:
     """Implements `providers.TurnIO` for one turn: its calls become journaled events, in order."""
 
-    def __init__(self, console: Console, turn: Turn, session: JSON, history: list[Message],
-                 tools: list[ToolSpec], resume: JSON | None = None, todo_list: list[JSON] | None = None) -> None:
-        self.console = console
+    def __init__(self, services: TurnServices, turn: Turn, session: JSON, history: list[Message],
+                 resume: JSON | None = None, todo_list: list[JSON] | None = None) -> None:
+        self.services = services
         self.turn = turn
         self.turn_id = turn.id
         self.session = turn.session
@@ -124,7 +108,7 @@ class TurnRunner:
         self.cwd = str(self.options.get("cwd") or os.getcwd())
         self.todo_list: list[JSON] = [dict(item) for item in todo_list or []]
         self.finish_data: JSON = {}
-        self.tools = tools
+        self.tools = services.tools.specs
         self.usage = Usage()
         self.stop_reason = "end_turn"
         self.clock = TurnClock()
@@ -133,7 +117,7 @@ class TurnRunner:
         self._agent_state = "starting"
         self._tool_started: dict[str, float] = {}
         self._tool_parents: dict[str, str] = {}
-        self._writer = _EventWriter(console.hub)
+        self._writer = _EventWriter(services.hub)
         self._asking = 0  # permission requests waiting for an answer
         self._finishing = False
         self._before_asking = ""
@@ -216,7 +200,7 @@ class TurnRunner:
     async def run_tool(self, call_id: str, name: str, input: JSON) -> ToolOutcome:
         await self.tool_call(call_id, name, input)
         started = time.monotonic()
-        outcome = await self.console.tools.run(ToolCall(self.turn.session, self.turn.id, self.todos), name, input)
+        outcome = await self.services.tools.run(ToolCall(self.turn.session, self.turn.id, self.todos), name, input)
         await self.tool_result(call_id, outcome.output, outcome.is_error, (time.monotonic() - started) * 1000)
         return outcome
 
@@ -224,7 +208,7 @@ class TurnRunner:
                              title: str | None = None) -> Permission:
         if self._finishing:  # a late request after the turn's end: nobody could see it
             return Permission(False, "the turn has ended", by="turn_end")
-        permissions = self.console.permissions
+        permissions = self.services.permissions
         self._asking += 1
         if self._asking == 1:
             self._before_asking = self._agent_state
@@ -240,7 +224,7 @@ class TurnRunner:
                 await self._set_state(self._before_asking or "working")
 
     def mcp_command(self) -> tuple[list[str], dict[str, str]]:
-        config = self.console.config
+        config = self.services.config
         # The agent runs on this node: it reaches the server on the address the server listens on (a
         # wildcard one through loopback), as the session's own client.
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
@@ -250,7 +234,7 @@ class TurnRunner:
         return [sys.executable, "-m", "agentwire", "mcp", "--session", self.session, "--agent", self.provider], env
 
     async def board_tool(self, name: str, input: JSON, agent: str) -> ToolOutcome:
-        return await self.console.tools.run(ToolCall(self.turn.session, self.turn.id, self.todos, agent), name, input)
+        return await self.services.tools.run(ToolCall(self.turn.session, self.turn.id, self.todos, agent), name, input)
 
     async def todos(self, todos: list[JSON]) -> None:
         self.todo_list = [dict(item) for item in todos]
@@ -276,10 +260,10 @@ class TurnRunner:
             await self._set_state("idle")
             await self._writer.flush()
             # What the turn still asks is denied before it ends (a cancel, a failure mid-request).
-            await self.console.permissions.settle_turn(self.turn, "cancel" if type == "turn.cancelled"
+            await self.services.permissions.settle_turn(self.turn, "cancel" if type == "turn.cancelled"
                                                        else "turn_end")
         finally:
             await self._writer.close()
-        return await self.console.hub.append(Append(
+        return await self.services.hub.append(Append(
             self.turn.stream, type, {**self.finish_data, **data, "timing": self.clock.timing()}, turn=self.turn.id,
             lane=self.turn.lane, doc=Doc("turn", self.turn.id, None)))

@@ -53,6 +53,16 @@ def pass_on(listener: Listener | None, events: Iterable[Event]) -> None:
                           event.stream, event.seq)
 
 
+class AppendsOne:
+    """`append` as `append_many` of one item, for every class that appends (the backends, the hub)."""
+
+    async def append_many(self, items: Sequence[Append]) -> list[Event]:
+        raise NotImplementedError
+
+    async def append(self, item: Append) -> Event:
+        return (await self.append_many([item]))[0]
+
+
 class Journal(Protocol):
     url: str
 

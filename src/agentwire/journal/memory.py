@@ -5,9 +5,9 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agentwire.journal import Listener, pass_on
+from agentwire.journal import AppendsOne, Listener, pass_on
 from agentwire.journal.leases import LocalLeases
-from agentwire.types import JSON, Append, Event, StreamPosition
+from agentwire.types import JSON, Append, Event, StreamPosition, envelope_tail, now_ms
 
 
 @dataclass
@@ -17,7 +17,7 @@ class _Stream:
     head: int = 0
 
 
-class MemoryJournal(LocalLeases):
+class MemoryJournal(AppendsOne, LocalLeases):
     """Everything in this process's memory: an epoch per process start, so clients notice the loss."""
 
     def __init__(self, url: str = "memory://", *, retention: int = 0) -> None:
@@ -57,18 +57,17 @@ class MemoryJournal(LocalLeases):
             else:
                 docs[item.doc.id] = item.doc.body
 
-    async def append(self, item: Append) -> Event:
-        return (await self.append_many([item]))[0]
-
     async def append_many(self, items: Sequence[Append]) -> list[Event]:
         # Encode the whole batch before storing any of it: a batch with an event that cannot be
         # encoded leaves nothing behind (no event, no doc, no seq used), as a transaction would.
         heads: dict[str, int] = {}
         events = []
+        ts = now_ms()
         for item in items:
             found = self._streams.get(item.stream)
             seq = heads[item.stream] = heads.get(item.stream, found.head if found else 0) + 1
-            events.append(Event.build(seq, item.stream, item.type, item.data, turn=item.turn, lane=item.lane))
+            tail = envelope_tail(item.stream, item.type, item.data, ts, item.turn, item.lane)
+            events.append(Event.sealed(seq, item.stream, item.type, tail))
         for item, event in zip(items, events, strict=True):
             self._store(item, event)
         pass_on(self._listener, events)

@@ -22,9 +22,9 @@ try:
 except ImportError:  # pragma: no cover - redis[hiredis] installs it
     _c_pack = None  # type: ignore[assignment]
 
-from agentwire.journal import Listener, pass_on
+from agentwire.journal import AppendsOne, Listener, pass_on
 from agentwire.journal.group_commit import GroupCommit, Pending
-from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable, now_ms
+from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable, envelope_tail, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,11 @@ _LEASE = resources.files("agentwire.journal").joinpath("redis_lease.lua").read_t
 class _Item:
     stream: str
     type: str
-    envelope: JSON  # seq 0 until the script has given it one
-    tail: bytes  # the envelope's bytes after `{"seq":N,`
+    tail: bytes  # the envelope's bytes after `{"seq":N,` (types.envelope_tail)
     doc_kind: str | None
     doc_id: str
     doc_body: bytes  # b"" deletes
 
-
-_SEQ0 = len(b'{"seq":0,')
 
 _Batch = Pending[list[_Item]]
 
@@ -74,7 +71,7 @@ def _split_url(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), prefix
 
 
-class RedisJournal:
+class RedisJournal(AppendsOne):
     """Redis Streams, shared by every process that points at the same Redis.
 
     Keys, under `prefix` (default `agentwire:`, or `?prefix=` in the URL): `epoch` (the journal's),
@@ -154,9 +151,6 @@ class RedisJournal:
 
     # -- appending ---------------------------------------------------------------------------------
 
-    async def append(self, item: Append) -> Event:
-        return (await self.append_many([item]))[0]
-
     async def append_many(self, items: Sequence[Append]) -> list[Event]:
         if self._closed or not self._writes.started:
             raise Unavailable("Redis journal is closed" if self._closed else "Redis journal is not started")
@@ -165,15 +159,9 @@ class RedisJournal:
         ts = now_ms()
         prepared = []
         for item in items:
-            envelope: JSON = {"seq": 0, "stream": item.stream, "type": item.type, "ts": ts}
-            if item.turn is not None:
-                envelope["turn"] = item.turn
-            if item.lane is not None:
-                envelope["lane"] = item.lane
-            envelope["data"] = item.data
             doc = item.doc
             prepared.append(_Item(
-                item.stream, item.type, envelope, orjson.dumps(envelope)[_SEQ0:],
+                item.stream, item.type, envelope_tail(item.stream, item.type, item.data, ts, item.turn, item.lane),
                 None if doc is None else doc.kind,
                 "" if doc is None else doc.id,
                 b"" if doc is None or doc.body is None else orjson.dumps(doc.body),
@@ -277,9 +265,7 @@ class RedisJournal:
                 if item.stream not in heads:
                     heads[item.stream] = int(before[len(heads)])
                 seq = heads[item.stream] = heads[item.stream] + 1
-                item.envelope["seq"] = seq
-                raw = b'{"seq":%d,%b' % (seq, item.tail)
-                events.append(Event(seq, item.stream, item.type, raw, item.envelope))
+                events.append(Event.sealed(seq, item.stream, item.type, item.tail))
         return events
 
     def _pass_on(self, events: list[Event], *, local: bool) -> None:

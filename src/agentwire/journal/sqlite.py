@@ -7,30 +7,68 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from agentwire.journal import Listener, pass_on
+from agentwire.journal import AppendsOne, Listener, pass_on
 from agentwire.journal.group_commit import GroupCommit, Pending
 from agentwire.journal.leases import LocalLeases
-from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable
+from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable, envelope_tail, now_ms
 
+# Events are stored in batches: the events one transaction appended to one stream, as one row (their
+# envelopes back to back in `raw`, and `spans`: a JSON list of [type, offset, length] per event, so
+# the row's first event has seq `first` and its last `last`). One row per batch instead of one per
+# event is most of what a turn streaming thousands of deltas costs the writer. The `events` view
+# lists them one per event, for anyone looking into the file with plain SQL.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
   name TEXT PRIMARY KEY, epoch TEXT NOT NULL, first INTEGER NOT NULL, head INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS events (
-  stream TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, raw BLOB NOT NULL,
-  PRIMARY KEY (stream, seq)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+  stream TEXT NOT NULL, last INTEGER NOT NULL, first INTEGER NOT NULL, spans TEXT NOT NULL, raw BLOB NOT NULL,
+  PRIMARY KEY (stream, last)
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS docs (
   kind TEXT NOT NULL, id TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
 """
 
-_Batch = Pending[Sequence[Append]]
+_EVENTS_VIEW = """
+CREATE VIEW IF NOT EXISTS events (stream, seq, type, raw) AS
+  SELECT b.stream, b.first + s.key, json_extract(s.value, '$[0]'),
+         substr(b.raw, json_extract(s.value, '$[1]') + 1, json_extract(s.value, '$[2]'))
+  FROM batches AS b JOIN streams AS t ON t.name = b.stream, json_each(b.spans) AS s
+  WHERE b.first + s.key >= t.first
+"""
+
+# A batch row holds at most this many events, so a reader asking for a page from inside a long batch
+# does not decode far more than the page.
+ROW_EVENTS = 256
+
+_Items = Sequence[tuple[Append, bytes]]  # what one caller appends: each item with its envelope's tail
+_Batch = Pending[_Items]
+
+
+@dataclass(slots=True)
+class _Row:
+    """A batch row being built: one stream's events of one transaction (up to ROW_EVENTS)."""
+
+    stream: str
+    first: int
+    spans: list[tuple[str, int, int]] = field(default_factory=list)
+    raws: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+@dataclass(slots=True)
+class _Written:
+    """What a transaction stored: its events in order and the heads of the streams it touched."""
+
+    events: list[Event]
+    heads: dict[str, tuple[str, int, int]]
 
 
 def sqlite_path(url: str) -> str:
@@ -51,12 +89,16 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteJournal(LocalLeases):
+class SqliteJournal(AppendsOne, LocalLeases):
     """The embedded default: one file, WAL, one writer thread with group commit.
 
     Appends queue up while a transaction is being written and go into the next one together, so an
     idle journal commits each append at once and a busy one commits hundreds per transaction.
     Seqs are given out by the writer from heads it loaded at start; one process owns the file.
+
+    The cached heads move on the event loop, after the commit and right before the listener is
+    called, and reads stop at them: `read` and `position` never show an event the listener has not
+    been handed yet, so no client can hold a seq past the head a reconnect is checked against.
     """
 
     def __init__(self, url: str, *, retention: int = 0) -> None:
@@ -70,7 +112,7 @@ class SqliteJournal(LocalLeases):
         self._local = threading.local()
         self._write_conn: sqlite3.Connection | None = None
         self._heads: dict[str, tuple[str, int, int]] = {}  # name -> (epoch, first, head), committed
-        self._writes: GroupCommit[Sequence[Append]] = GroupCommit(self._commit)
+        self._writes: GroupCommit[_Items] = GroupCommit(self._commit)
         self._epoch = ""
 
     async def start(self) -> None:
@@ -87,6 +129,8 @@ class SqliteJournal(LocalLeases):
         # a client holding positions from the old file is told to reload instead of being trusted.
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (secrets.token_hex(8),))
         self._epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+        _migrate(conn)
+        conn.execute(_EVENTS_VIEW)
         for name, epoch, first, head in conn.execute("SELECT name, epoch, first, head FROM streams"):
             self._heads[name] = (epoch, first, head)
 
@@ -115,21 +159,21 @@ class SqliteJournal(LocalLeases):
             conn = self._local.conn = _connect(self._path)
         return conn
 
-    async def append(self, item: Append) -> Event:
-        return (await self.append_many([item]))[0]
-
     async def append_many(self, items: Sequence[Append]) -> list[Event]:
         if self._writes.closed:
             raise Unavailable("journal is closed")
-        return await self._writes.submit(items)
+        # Encoded here, so data that cannot be encoded fails its own caller and no transaction.
+        ts = now_ms()
+        return await self._writes.submit(
+            [(item, envelope_tail(item.stream, item.type, item.data, ts, item.turn, item.lane)) for item in items])
 
     async def _commit(self, batch: _Batch) -> None:
         try:
-            events: list[Event] = await self._run_write(self._write_batch, [items for items, _ in batch])
+            written: _Written = await self._run_write(self._write_batch, [items for items, _ in batch])
         except Exception as exc:  # nothing of the batch was committed
             if len(batch) > 1:
-                # Group commit must not let one caller's bad batch (say, data that cannot be encoded)
-                # fail the others it happened to share a transaction with: commit each on its own.
+                # Group commit must not let one caller's bad batch fail the others it happened to
+                # share a transaction with: commit each on its own.
                 for entry in batch:
                     await self._commit([entry])
                 return
@@ -137,54 +181,78 @@ class SqliteJournal(LocalLeases):
                 if not future.done():
                     future.set_exception(Unavailable(f"journal write failed: {exc}"))
             return
-        # Stored: only now may anyone see the events (the listener is the path to subscribers).
-        pass_on(self._listener, events)
+        # Stored: only now may anyone see the events (the listener is the path to subscribers, the
+        # heads are what reads stop at). No await between the two: no reader comes in between.
+        self._heads.update(written.heads)
+        pass_on(self._listener, written.events)
+        events = written.events
         offset = 0
         for items, future in batch:
             if not future.done():
                 future.set_result(events[offset : offset + len(items)])
             offset += len(items)
 
-    def _write_batch(self, batches: list[Sequence[Append]]) -> list[Event]:
-        conn = self._write_conn
-        assert conn is not None
-        heads = dict(self._heads)
+    def _write_batch(self, batches: list[_Items]) -> _Written:
+        """In the writer thread: give out seqs from the cached heads and store one transaction."""
+        cached = self._heads
+        heads: dict[str, tuple[str, int, int]] = {}
         events: list[Event] = []
-        rows: list[tuple[str, int, str, bytes]] = []
+        rows: dict[str, _Row] = {}
+        full: list[_Row] = []
         docs_put: list[tuple[str, str, bytes]] = []
         docs_del: list[tuple[str, str]] = []
         for items in batches:
-            for item in items:
-                epoch, first, head = heads.get(item.stream) or (self._epoch, 1, 0)
-                event = Event.build(head + 1, item.stream, item.type, item.data, turn=item.turn, lane=item.lane)
-                heads[item.stream] = (epoch, first, head + 1)
+            for item, tail in items:
+                name = item.stream
+                epoch, first, head = heads.get(name) or cached.get(name) or (self._epoch, 1, 0)
+                seq = head + 1
+                heads[name] = (epoch, first, seq)
+                event = Event.sealed(seq, name, item.type, tail)
                 events.append(event)
-                rows.append((item.stream, event.seq, event.type, event.raw))
+                row = rows.get(name)
+                if row is None or len(row.spans) >= ROW_EVENTS:
+                    if row is not None:
+                        full.append(row)
+                    row = rows[name] = _Row(name, seq)
+                raw = event.raw
+                row.spans.append((item.type, row.size, len(raw)))
+                row.raws.append(raw)
+                row.size += len(raw)
                 if item.doc is not None:
                     if item.doc.body is None:
                         docs_del.append((item.doc.kind, item.doc.id))
                     else:
                         docs_put.append((item.doc.kind, item.doc.id, orjson.dumps(item.doc.body)))
-        touched = {event.stream for event in events}
+        full.extend(rows.values())
         trims: list[tuple[str, int]] = []
         if self._retention:
-            for name in touched:
-                epoch, first, head = heads[name]
+            for name, (epoch, first, head) in heads.items():
                 # Trim in steps of a tenth, not per event, so a busy stream does not delete every commit.
                 if head - first + 1 > self._retention + max(1, self._retention // 10):
                     first = head - self._retention + 1
                     heads[name] = (epoch, first, head)
                     trims.append((name, first))
+        self._store(
+            [(row.stream, row.first + len(row.spans) - 1, row.first, orjson.dumps(row.spans), b"".join(row.raws))
+             for row in full],
+            trims, [(name, *head) for name, head in heads.items()], docs_put, docs_del)
+        return _Written(events, heads)
+
+    def _store(self, rows: list[tuple[str, int, int, bytes, bytes]], trims: list[tuple[str, int]],
+               streams: list[tuple[str, str, int, int]], docs_put: list[tuple[str, str, bytes]],
+               docs_del: list[tuple[str, str]]) -> None:
+        """One transaction: all of it is stored, or (raising) none of it."""
+        conn = self._write_conn
+        assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT INTO events (stream, seq, type, raw) VALUES (?, ?, ?, ?)", rows)
+            conn.executemany("INSERT INTO batches (stream, last, first, spans, raw) VALUES (?, ?, ?, ?, ?)", rows)
             for name, first in trims:
-                conn.execute("DELETE FROM events WHERE stream = ? AND seq < ?", (name, first))
+                # A row reaching past `first` stays; reads and the view skip its trimmed events.
+                conn.execute("DELETE FROM batches WHERE stream = ? AND last < ?", (name, first))
             conn.executemany(
                 "INSERT INTO streams (name, epoch, first, head) VALUES (?, ?, ?, ?) ON CONFLICT(name) "
-                "DO UPDATE SET first = excluded.first, head = excluded.head",
-                [(name, *heads[name]) for name in touched],
-            )
+                "DO UPDATE SET first = excluded.first, head = excluded.head", streams)
             if docs_put:
                 conn.executemany("INSERT OR REPLACE INTO docs (kind, id, body) VALUES (?, ?, ?)", docs_put)
             if docs_del:
@@ -193,18 +261,35 @@ class SqliteJournal(LocalLeases):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self._heads = heads
-        return events
 
     async def read(self, stream: str, after: int, limit: int) -> list[Event]:
-        rows: list[tuple[int, str, bytes]] = await self._run_read(self._read_rows, stream, after, limit)
+        # Up to the head as the loop knows it now: rows a commit under way has stored are not shown
+        # before the listener has had them (see the class docstring).
+        found = self._heads.get(stream)
+        if found is None or limit <= 0 or after >= found[2]:
+            return []
+        _, first, head = found
+        rows: list[tuple[int, str, bytes]] = await self._run_read(
+            self._read_rows, stream, max(after, first - 1), min(limit, head - after), head)
         return [Event(seq, stream, type_, raw) for seq, type_, raw in rows]
 
-    def _read_rows(self, stream: str, after: int, limit: int) -> list[tuple[int, str, bytes]]:
-        return self._reader().execute(
-            "SELECT seq, type, raw FROM events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (stream, after, limit),
-        ).fetchall()
+    def _read_rows(self, stream: str, after: int, limit: int, head: int) -> list[tuple[int, str, bytes]]:
+        found: list[tuple[int, str, bytes]] = []
+        cursor = self._reader().execute(
+            "SELECT first, spans, raw FROM batches WHERE stream = ? AND last > ? ORDER BY last", (stream, after))
+        try:
+            for first, spans, raw in cursor:
+                seq = max(first, after + 1)
+                for type_, offset, length in orjson.loads(spans)[seq - first :]:
+                    if seq > head or len(found) >= limit:
+                        return found
+                    found.append((seq, type_, raw[offset : offset + length]))
+                    seq += 1
+                if len(found) >= limit:
+                    return found
+            return found
+        finally:
+            cursor.close()  # an unfinished statement would hold its read transaction open
 
     async def position(self, stream: str) -> StreamPosition:
         found = self._heads.get(stream)
@@ -237,3 +322,21 @@ class SqliteJournal(LocalLeases):
 
     async def ping(self) -> None:
         await self._run_read(lambda: self._reader().execute("SELECT 1").fetchone())
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """A file written before events were stored in batches has an `events` table: its events become
+    batches of one, in one transaction."""
+    kind = conn.execute("SELECT type FROM sqlite_master WHERE name = 'events'").fetchone()
+    if kind is None or kind[0] != "table":
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stream, seq, type_, raw in conn.execute("SELECT stream, seq, type, raw FROM events").fetchall():
+            conn.execute("INSERT INTO batches (stream, last, first, spans, raw) VALUES (?, ?, ?, ?, ?)",
+                         (stream, seq, seq, orjson.dumps([(type_, 0, len(raw))]), bytes(raw)))
+        conn.execute("DROP TABLE events")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agentwire.types import JSON, AgentwireError
+from agentwire.types import Message as Message  # the providers' API: the context they get
 
 
 class ProviderError(AgentwireError):
@@ -47,14 +48,6 @@ class Permission:
     by: str = "user"  # "user", "rule" (allowed for the session earlier), "timeout", "cancel", "turn_end"
     # The turn is being cancelled: an agent that can stop at once (Claude Code) should.
     interrupt: bool = False
-
-
-@dataclass(slots=True)
-class Message:
-    """One entry of the context a provider sends to its model: a user or assistant text."""
-
-    role: str  # "user" | "assistant"
-    content: str
 
 
 @dataclass(slots=True)

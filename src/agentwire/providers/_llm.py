@@ -25,6 +25,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 
+from agentwire.backoff import doubling
 from agentwire.providers import ProviderError, ToolOutcome, TurnIO
 from agentwire.types import JSON
 
@@ -143,7 +144,7 @@ class RetryPolicy:
         )
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        wanted = retry_after if retry_after is not None else self.base_s * 2 ** (attempt - 1)
+        wanted = retry_after if retry_after is not None else doubling(attempt, self.base_s, self.cap_s)
         return round(min(max(wanted, 0.0), self.cap_s), 3)
 
 

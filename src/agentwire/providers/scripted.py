@@ -80,7 +80,9 @@ class ScriptedProvider:
                 {"content": "Look things up", "status": "in_progress", "activeForm": "Looking things up"},
                 {"content": "Write the answer", "status": "pending", "activeForm": "Writing the answer"},
             ]
-            await io.run_tool("call_todo_1", "todo_write", {"todos": todos})
+            # A copy each time: the list is changed below, and an event's data must not change after
+            # it was handed over (it may be encoded only when its batch is committed).
+            await io.run_tool("call_todo_1", "todo_write", {"todos": _copy(todos)})
         noted = await self._ask(io, self.ask_permission, topic) if self.ask_permission else None
         for index in range(self.tool_calls):
             call_id = f"call_lookup_{index + 1}"
@@ -89,7 +91,7 @@ class ScriptedProvider:
             await io.tool_result(call_id, f"{3 + index} results for {topic!r} (page {index + 1})")
         async with io.llm_call():
             todos[1]["status"], todos[2]["status"] = "completed", "in_progress"
-            await io.run_tool("call_todo_2", "todo_write", {"todos": todos})
+            await io.run_tool("call_todo_2", "todo_write", {"todos": _copy(todos)})
             text = ""
             for index in range(self.deltas):
                 if self.fail_at is not None and index == self.fail_at:
@@ -112,7 +114,7 @@ class ScriptedProvider:
                             {"label": "Stop here", "value": "Stop here, thanks"}],
             })
             todos[2]["status"] = "completed"
-            await io.run_tool("call_todo_3", "todo_write", {"todos": todos})
+            await io.run_tool("call_todo_3", "todo_write", {"todos": _copy(todos)})
             closing = "Done: the card on the board has the details." + (
                 " I left the note alone: permission was denied." if noted is False else "")
             for part in _chunks(closing, 3):
@@ -121,6 +123,10 @@ class ScriptedProvider:
             await io.text_done(1, closing)
         io.usage.add(input_tokens=len(io.message) // 4 + 50, output_tokens=self.deltas + 20)
         io.stop_reason = "end_turn"
+
+
+def _copy(todos: list[JSON]) -> list[JSON]:
+    return [dict(todo) for todo in todos]
 
 
 def _chunks(text: str, parts: int) -> list[str]:

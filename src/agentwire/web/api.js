@@ -21,17 +21,8 @@ export function sessionPath(session, tail = '') {
   return `/api/konsole/${encodeURIComponent(session)}${tail}`;
 }
 
-// Start a turn over HTTP. The turn's events reach the page through its one session subscription,
-// so the POST is only the command: once the headers say the turn exists, its own SSE body is dropped.
+// Start a turn over HTTP: only the command. The turn's events reach the page through its one session
+// subscription (from `first_seq`), so no second stream is opened for them.
 export async function startTurn(session, message, lane = 'main') {
-  const ctrl = new AbortController();
-  const response = await fetch(sessionPath(session, lane === 'quick' ? '/quick' : '/stream'), {
-    method: 'POST', credentials: 'same-origin', cache: 'no-store', signal: ctrl.signal,
-    headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
-    body: JSON.stringify({ message }),
-  });
-  if (!response.ok) throw new HttpError(response.status, await response.text());
-  const turn = response.headers.get('x-agentwire-turn');
-  ctrl.abort();
-  return { turn };
+  return post(sessionPath(session, '/turns'), { message, lane });
 }
