@@ -3,7 +3,7 @@ it (a subprocess on stdio, reaching a running server's REST API), and the in-pro
 `claude` provider hands Claude Code (connected in process). Both list the same tools with the same
 JSON schemas; a call with bad input is a tool error the agent reads (the server lives on), a tool
 that does not exist an MCP error. With the real Claude Code outside agentwire (the README's
-`.mcp.json`): tests/test_claude_steering.py."""
+`.mcp.json`): tests/providers/test_claude_steering.py."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ Claude Code emits it)/``content_block_stop``, then ``message_delta`` and ``messa
 Modes, by ``--fake-mode`` (or ``FAKE_CLAUDE_MODE``) or by a keyword in the prompt (the prompt wins):
 ``[malformed]`` mixes non-JSON, truncated JSON, a JSON array and an unknown ``type`` into the output;
 ``[crash]`` prints some output, then a message on stderr, and exits with code 3 without a ``result``.
-Everything else about the CLI is shown with the real one (see ``tests/test_cli_agent.py``).
+Everything else about the CLI is shown with the real one (see ``tests/providers/test_cli_agent.py``).
 
 Bookkeeping for tests, in ``--fake-dir DIR`` (or ``FAKE_CLAUDE_DIR``): ``<pid>.start`` (written at
 start, before stdin is read: the start time).

@@ -1,6 +1,6 @@
 """What only the Redis journal has to prove, part two: retention and epochs of a wiped Redis, the live
 XREAD reader, and surviving a Redis restart (or a frozen or unreachable one) without losing anything
-acknowledged. Part one is tests/test_journal_redis.py; the shared contract is tests/test_journal_contract.py
+acknowledged. Part one is tests/journal/test_redis.py; the shared contract is tests/journal/test_contract.py
 (and _store)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Steering the real Claude Code (the CLI claude-agent-sdk bundles, against the project's Anthropic fake)
 from agentwire: a tool that needs permission waits for a person's answer (allow, deny, always allow,
 no answer in time, an answer from another node), and the board tools reach it as the in-process MCP
-server `agentwire`. The dashboard side of both: tests/test_dashboard_steering.py."""
+server `agentwire`. The dashboard side of both: tests/web/test_dashboard_steering.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The dashboard's plain modules under Node.js: the one retry helper (`web/retry.js`) and the SSE
 parser (`web/sse.js`). The page itself is tested in Chromium
-(tests/test_dashboard.py and the other dashboard tests)."""
+(tests/web/test_dashboard.py and the other dashboard tests)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 journaled and listed in the state while the agent waits; `POST …/permissions/{id}` answers it once
 (409 after, 404 for an id never asked, 422 for a bad body); no answer in time is a deny with its
 reason; a cancelled turn settles what it asked; "always allow" holds for the session, also after a
-restart. The same with the real Claude Code: tests/test_claude_steering.py; over the WebSocket:
-tests/test_ws.py; from another node on Redis: tests/test_multinode.py."""
+restart. The same with the real Claude Code: tests/providers/test_claude_steering.py; over the WebSocket:
+tests/transport/test_ws.py; from another node on Redis: tests/cluster/test_multinode.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What only the Redis journal has to prove, part one: its envelope bytes, documents and batches, key
 prefixes, Lua scripts, leases, and many writers on one stream (instances and processes). The rest
-(epochs, the live XREAD reader, surviving a Redis restart) is in tests/test_journal_redis_live.py.
-The shared journal contract runs against Redis in tests/test_journal_contract.py (and _store)."""
+(epochs, the live XREAD reader, surviving a Redis restart) is in tests/journal/test_redis_live.py.
+The shared journal contract runs against Redis in tests/journal/test_contract.py (and _store)."""
 
 from __future__ import annotations
 
