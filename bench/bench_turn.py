@@ -150,10 +150,12 @@ def serve_agentwire(port: int, journal: str) -> None:
 
     from agentwire.app import create_app
     from agentwire.config import Config
+    from agentwire.server import uvicorn_options
 
     config = Config(host=HOST, port=port, journal=journal, no_auth=True, log_level="warning")
-    uvicorn.run(create_app(config), host=HOST, port=port, loop="uvloop", http="httptools", lifespan="on",
-                log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    # As `agentwire serve` runs: its own HTTP protocol, whose sink writes streams straight to the socket.
+    options = {**uvicorn_options(config), "timeout_graceful_shutdown": 2}
+    uvicorn.run(create_app(config), host=HOST, port=port, loop="uvloop", **options)
 
 
 @contextmanager
