@@ -99,9 +99,9 @@ class Outbox:
 
     Drained either by the connection's writer (`take`), or, once a `Sink` is attached, by a
     `Flusher` that writes it straight to the socket at the end of the loop tick. `put` never waits:
-    past the limit (bytes queued here plus bytes the sink still holds) the outbox aborts with
-    reason "slow" and drops what it held. `finish` ends it once what is queued has been written;
-    `abort` ends it now. `on_end` is called once when it has ended: at once on an abort (a transport
+    past the limit (bytes queued here plus bytes the sink still holds, see `put` for the one big
+    message allowed over it) the outbox aborts with reason "slow" and drops what it held. `finish`
+    ends it once what is queued has been written; `abort` ends it now. `on_end` is called once when it has ended: at once on an abort (a transport
     stops its writer there, which may be blocked sending to a client that stopped reading), or,
     with a sink, once finished and written out.
     """
@@ -110,7 +110,7 @@ class Outbox:
         "_chunks",
         "_ended",
         "_flusher",
-        "_paced",
+        "_largest",
         "_sink",
         "_size",
         "_space",
@@ -126,7 +126,7 @@ class Outbox:
         self.limit = limit
         self._chunks: list[bytes] = []
         self._size = 0
-        self._paced = True  # everything queued since the last drain came from replay
+        self._largest = 0  # the largest message put since the backlog was last within the limit
         # Futures and Events made only when someone waits on them: thousands of idle connections
         # each hold an outbox, and an asyncio.Event carries a deque.
         self._waiter: asyncio.Future[None] | None = None
@@ -164,22 +164,30 @@ class Outbox:
             waiter.set_result(None)
 
     def put(self, data: bytes, *, paced: bool = False) -> bool:
-        """Queue bytes. Over the limit, the subscriber is cut as slow, except when nothing was
-        pending (one event bigger than the whole limit must still reach a reader that keeps up) or
-        for `paced` data (replay, which waits for room before each slice and is bounded that way;
-        counting it would cut every reader of a backlog bigger than the limit)."""
+        """Queue bytes. The subscriber is cut as slow when what was pending BEFORE this message
+        (queued here plus held by the sink) is over the limit by more than the largest single
+        message put since the backlog was last within the limit: a high-water mark, as common
+        servers use. So one event bigger than the whole limit (a long turn's `text.done`) never
+        cuts a reader that keeps up, even while the transport still holds it and more events
+        follow, while a reader that stops reading is cut once its backlog passes the limit plus
+        that one message (the memory bound). `paced` data (replay, which waits for room before each
+        slice and is bounded that way) is never cut itself: counting it would cut every reader of a
+        backlog bigger than the limit; its size still counts as a message, so the live event right
+        after a replayed big one does not cut a resuming reader at the same place again."""
         if self.finished or self.reason is not None:
             return False
         sink = self._sink
         pending = self._size if sink is None else self._size + sink.buffered()
+        if pending <= self.limit:
+            self._largest = 0  # back within the limit: earlier big messages have gone out
+        if not paced and pending > self.limit + self._largest:
+            self.abort("slow")
+            return False
+        if len(data) > self._largest:
+            self._largest = len(data)
         first = not self._chunks
         self._chunks.append(data)
         self._size += len(data)
-        if not paced:
-            self._paced = False
-            if pending and pending + len(data) > self.limit:
-                self.abort("slow")
-                return False
         if sink is None:
             self._wake()
         elif first:
@@ -194,7 +202,7 @@ class Outbox:
             return
         chunks = self._chunks
         if chunks:
-            self._chunks, self._size, self._paced = [], 0, True
+            self._chunks, self._size = [], 0
             sink.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             self.active_at = time.monotonic()
             if self._space is not None:
@@ -244,7 +252,7 @@ class Outbox:
                 self._waiter = None
         if self.reason is not None:
             return None
-        chunks, self._chunks, self._size, self._paced = self._chunks, [], 0, True
+        chunks, self._chunks, self._size = self._chunks, [], 0
         self.active_at = time.monotonic()
         if self._space is not None:
             self._space.set()

@@ -362,8 +362,11 @@ def test_outbox_bounds_bytes_and_ends_two_ways() -> None:
         assert await outbox.take(0) == [b"a" * 40, b"b" * 40]
         await asyncio.wait_for(replay, 1)
         assert outbox.size == 0
-        assert outbox.put(b"c" * 100)
-        assert not outbox.put(b"d")  # 101 bytes queued: cut
+        assert outbox.put(b"c" * 100) and outbox.put(b"d")  # pending before "d": 100, within the limit
+        # Over the limit by one message, then no more: the backlog before "f" (101) is past the limit
+        # plus the largest message put since it was within it (the 1 byte of "d").
+        assert outbox.put(b"e")
+        assert not outbox.put(b"f")
         assert outbox.reason == "slow" and aborts == [1] and outbox.size == 0
         assert await outbox.take(0) is None
         assert not outbox.put(b"e")
@@ -444,6 +447,50 @@ class ListSink:
         self.lost = callback
 
 
+def test_an_event_bigger_than_the_limit_never_cuts_a_reader_that_keeps_up_but_a_stalled_one_is_cut() -> None:
+    """The slow-cut rule is a high-water mark on what was pending before each message: one message
+    over the whole limit (a long turn's `text.done`) passes even with other messages queued before it
+    and while the transport still holds it; a reader that stops reading is cut at the limit plus it."""
+
+    async def main() -> None:
+        flusher = Flusher()
+        outbox, sink = Outbox(1000), ListSink()
+        outbox.attach(sink, flusher)
+        big = b"B" * 5000
+        assert outbox.put(b"s" * 100) and outbox.put(b"t" * 100)  # deltas not written yet this tick
+        assert outbox.put(big)  # five times the limit, with 200 bytes queued before it
+        assert outbox.put(b"u" * 100)
+        await asyncio.sleep(0)
+        assert sink.written == [b"s" * 100 + b"t" * 100 + big + b"u" * 100]
+        sink.held = 5400  # the socket could not send it yet: the transport holds it all
+        # The next events come while the big one is still in the transport: no cut.
+        for _ in range(5):
+            assert outbox.put(b"v" * 100)
+            await asyncio.sleep(0)
+            sink.held += 100 - 300  # the reader keeps up: it takes more than arrives
+        assert outbox.reason is None and sink.held == 4400
+        # Now the reader stops: the backlog grows until it passes the limit plus that one big message.
+        puts = 0
+        while outbox.put(b"w" * 100):
+            puts += 1
+            await asyncio.sleep(0)
+            sink.held += 100
+        assert outbox.reason == "slow"
+        assert 1000 + len(big) < sink.held <= 1000 + len(big) + 100
+        assert puts == (1000 + len(big) - 4400) // 100 + 1
+
+        # Replayed (paced), the big event counts as the one message over the limit too: the live
+        # event right after it does not cut a resuming reader at the same place again.
+        resumed, sink = Outbox(1000), ListSink()
+        resumed.attach(sink, flusher)
+        assert resumed.put(big, paced=True)
+        await asyncio.sleep(0)
+        sink.held = len(big)
+        assert resumed.put(b"x" * 100) and resumed.reason is None
+
+    run(main())
+
+
 def test_a_flusher_writes_each_sink_once_per_tick_and_one_failing_spares_the_rest() -> None:
     async def main() -> None:
         flusher = Flusher()
@@ -458,7 +505,7 @@ def test_a_flusher_writes_each_sink_once_per_tick_and_one_failing_spares_the_res
         assert good_sink.written == [b"ab"]  # one write for everything of the tick
         assert failing.reason == "error" and good.reason is None
         # What the connection still holds counts toward the limit: a reader that stopped is cut.
-        good_sink.held = 900
+        good_sink.held = 1100
         assert not good.put(b"x" * 200)
         assert good.reason == "slow"
         # The client leaving ends the outbox, with no task waiting for it.

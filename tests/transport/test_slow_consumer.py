@@ -278,3 +278,29 @@ def test_a_cut_slow_client_has_its_connection_closed_within_a_second(start: Call
     log = (tmp_path / "server.log").read_text()
     assert "ASGI callable returned without completing response" not in log
     assert "ERROR" not in log, log[-2000:]
+
+
+def test_a_viewer_reading_normally_gets_an_event_bigger_than_the_limit_without_a_cut(
+        start: Callable[..., Setup], tmp_path: Path) -> None:
+    """A long turn's `text.done` carries the whole text: here over 3× the server's per-client buffer
+    limit. The turn's next events are committed with it (the agent goes on at once), so they are
+    queued behind it while the socket may still hold it. A viewer that keeps reading (the agent is
+    paced at a delta per millisecond, which any reader keeps up with) gets the whole turn on its one
+    stream, and nobody is counted as slow."""
+    limit = 4096
+    setup = start(f"sqlite:///{tmp_path}/journal.db", "--buffer-limit", str(limit))
+    deltas = 2500
+    setup.http.post("/api/konsole", json={"name": "long", "options": {
+        "deltas": deltas, "delay_ms": 1, "tool_calls": 0, "thinking": False}}).raise_for_status()
+    with SseStream(setup.server.port, "/api/konsole/long/stream", method="POST",
+                   body=orjson.dumps({"message": "a long answer"})) as stream:
+        stream.read_until(lambda m: m.event in ("turn.completed", "turn.failed"), 120)
+        assert stream.status == 200
+        events = stream.events
+    done = [m for m in events if m.event == "text.done"]
+    assert len(done[0].data) > 3 * limit
+    assert [m.event for m in events].count("text.delta") >= deltas
+    assert events[-1].event == "turn.completed"
+    seqs = [seq_of(m) for m in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert setup.metric("agentwire_slow_consumer_disconnects") == 0
