@@ -101,9 +101,9 @@ class Outbox:
     `Flusher` that writes it straight to the socket at the end of the loop tick. `put` never waits:
     past the limit (bytes queued here plus bytes the sink still holds, see `put` for the one big
     message allowed over it) the outbox aborts with reason "slow" and drops what it held. `finish`
-    ends it once what is queued has been written; `abort` ends it now. `on_end` is called once when it has ended: at once on an abort (a transport
-    stops its writer there, which may be blocked sending to a client that stopped reading), or,
-    with a sink, once finished and written out.
+    ends it once what is queued has been written; `abort` ends it now. `on_end` is called once when
+    it has ended: at once on an abort (a transport stops its writer there, which may be blocked
+    sending to a client that stopped reading), or, with a sink, once finished and written out.
     """
 
     __slots__ = (

@@ -101,6 +101,11 @@ def envelope_tail(stream: str, type: str, data: JSON, ts: int, turn: str | None 
     return orjson.dumps(envelope)[1:]
 
 
+# An event's turn or lane not read yet: events read back from a journal learn them from the envelope
+# when asked; events made at append time are given them.
+_UNREAD: Any = object()
+
+
 @dataclass(slots=True)
 class Event:
     """One journaled event. `raw` is the compact JSON envelope exactly as it goes on the wire.
@@ -116,6 +121,10 @@ class Event:
     _data: JSON | None = field(default=None, repr=False)
     # Transport frames, built the first time a transport needs them and shared by every subscriber.
     frames: dict[str, bytes] | None = field(default=None, repr=False)
+    # Known at append time, so the per-event filters and folds of the live path need not decode the
+    # envelope to learn them (see `turn`, `lane`).
+    _turn: str | None = field(default=_UNREAD, repr=False)
+    _lane: str | None = field(default=_UNREAD, repr=False)
 
     @classmethod
     def build(
@@ -130,14 +139,16 @@ class Event:
         lane: str | None = None,
     ) -> Event:
         return cls.sealed(seq, stream, type, envelope_tail(stream, type, data, now_ms() if ts is None else ts,
-                                                           turn, lane))
+                                                           turn, lane), turn, lane)
 
     @classmethod
-    def sealed(cls, seq: int, stream: str, type: str, tail: bytes) -> Event:
-        """The event once its seq is known: the seq goes in front of the envelope `envelope_tail` encoded.
+    def sealed(cls, seq: int, stream: str, type: str, tail: bytes, turn: str | None = _UNREAD,
+               lane: str | None = _UNREAD) -> Event:
+        """The event once its seq is known: the seq goes in front of the envelope `envelope_tail` encoded
+        (with the `turn` and `lane` it was given, when the caller has them at hand).
         The decoded form is not kept: `data` was the caller's dict, which the caller may change after
         the append; readers decode the stored bytes instead, so every view agrees with the wire."""
-        return cls(seq, stream, type, b'{"seq":%d,%b' % (seq, tail))
+        return cls(seq, stream, type, b'{"seq":%d,%b' % (seq, tail), None, None, turn, lane)
 
     @classmethod
     def from_raw(cls, raw: bytes) -> Event:
@@ -162,16 +173,23 @@ class Event:
 
     @property
     def turn(self) -> str | None:
-        return self.envelope.get("turn")
+        turn = self._turn
+        if turn is _UNREAD:
+            turn = self._turn = self.envelope.get("turn")
+        return turn
 
     @property
     def lane(self) -> str | None:
-        return self.envelope.get("lane")
+        lane = self._lane
+        if lane is _UNREAD:
+            lane = self._lane = self.envelope.get("lane")
+        return lane
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Append:
-    """An event to append; the journal gives it its seq and timestamp."""
+    """An event to append; the journal gives it its seq and timestamp. Not changed once made (not
+    frozen only because a frozen dataclass's `__init__` costs three times as much, once per event)."""
 
     stream: str
     type: str

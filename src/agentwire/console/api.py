@@ -85,7 +85,7 @@ def router(console_of: Callable[[Request], Console]) -> APIRouter:
             return event.turn == turn_id
 
         def last(event: Event) -> bool:
-            return event.turn == turn_id and event.type in TERMINAL
+            return event.type in TERMINAL and event.turn == turn_id
 
         response = await stream_response(
             request, console.hub, turn.stream,

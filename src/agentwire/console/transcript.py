@@ -16,6 +16,7 @@ from agentwire.types import JSON, Event, Message
 TERMINAL = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
 PERMISSION_FIELDS = ("request_id", "tool", "input", "call_id", "title", "expires_at", "rule")
 _BLOCK_KINDS = {"text.delta": "text", "text.done": "text", "thinking.delta": "thinking", "thinking.done": "thinking"}
+_DELTA_KINDS = {"text.delta": "text", "thinking.delta": "thinking"}
 
 
 @dataclass
@@ -67,6 +68,20 @@ class Transcript:
         if event.seq <= self.seq:
             return
         self.seq = event.seq
+        kind = _DELTA_KINDS.get(event.type)
+        if kind is not None:
+            # The bulk of a live turn: a delta of a block already open only adds a part, so it is
+            # folded here without the dicts the general case builds (the turn is on the event).
+            data = event.data
+            key = (event.turn or "", kind, int(data.get("block", 0)))
+            entry = self._blocks.get(key)
+            if entry is not None:
+                parts = self._parts.get(key)
+                if parts is None:
+                    parts = self._parts[key] = []
+                parts.append(data.get("text", ""))
+                entry["seq"] = event.seq
+                return
         self.apply_envelope(event.envelope)
 
     def apply_envelope(self, envelope: JSON) -> None:

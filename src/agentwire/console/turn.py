@@ -98,6 +98,7 @@ class TurnRunner:
         self.turn_id = turn.id
         self.session = turn.session
         self.lane = turn.lane
+        self.stream = turn.stream  # a property that builds the name: read once, not per event
         self.message = turn.message
         self.history = history
         self.model = str(session.get("model") or "")
@@ -123,7 +124,7 @@ class TurnRunner:
         self._before_asking = ""
 
     async def emit(self, type: str, data: JSON) -> None:
-        await self._writer.put(Append(self.turn.stream, type, data, turn=self.turn.id, lane=self.turn.lane))
+        await self._writer.put(Append(self.stream, type, data, self.turn_id, self.lane))
 
     async def _set_state(self, agent_state: str, **extra: Any) -> None:
         if agent_state == self._agent_state and not extra:
@@ -154,8 +155,10 @@ class TurnRunner:
 
     async def thinking(self, block: int, text: str) -> None:
         self.clock.saw_output()
-        await self._set_state("thinking")
-        await self.emit("thinking.delta", {"block": block, "text": text})
+        if self._agent_state != "thinking":  # per delta: skip the call when the state stays
+            await self._set_state("thinking")
+        await self._writer.put(Append(self.stream, "thinking.delta", {"block": block, "text": text},
+                                      self.turn_id, self.lane))
 
     async def thinking_done(self, block: int, text: str) -> None:
         self.clock.saw_output()
@@ -163,8 +166,10 @@ class TurnRunner:
 
     async def text(self, block: int, text: str) -> None:
         self.clock.saw_output()
-        await self._set_state("writing")
-        await self.emit("text.delta", {"block": block, "text": text})
+        if self._agent_state != "writing":  # per delta: skip the call when the state stays
+            await self._set_state("writing")
+        await self._writer.put(Append(self.stream, "text.delta", {"block": block, "text": text},
+                                      self.turn_id, self.lane))
 
     async def text_done(self, block: int, text: str) -> None:
         self.clock.saw_output()
@@ -244,7 +249,7 @@ class TurnRunner:
         # Stored with its event, so the record and the stream cannot disagree; a quick turn's agent
         # has a context of its own and must not become what the main lane resumes.
         doc = Doc("agent", self.session, agent) if self.lane == "main" else None
-        await self._writer.put(Append(self.turn.stream, "agent.info", agent, turn=self.turn.id, lane=self.lane,
+        await self._writer.put(Append(self.stream, "agent.info", agent, turn=self.turn_id, lane=self.lane,
                                       doc=doc))
         if doc is not None:
             self.resume = dict(agent)
