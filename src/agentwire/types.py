@@ -123,8 +123,13 @@ class Event:
     frames: dict[str, bytes] | None = field(default=None, repr=False)
     # Known at append time, so the per-event filters and folds of the live path need not decode the
     # envelope to learn them (see `turn`, `lane`).
-    _turn: str | None = field(default=_UNREAD, repr=False)
-    _lane: str | None = field(default=_UNREAD, repr=False)
+    _turn: str | None = field(default=_UNREAD, repr=False, compare=False)
+    _lane: str | None = field(default=_UNREAD, repr=False, compare=False)
+    # The `data` dict the appender handed over (live events of the local backends), not a copy: it
+    # differs from the stored bytes if the appender changed it after the append, so `data` never
+    # returns it. Only a reader that knows its appender keeps its hands off may use it instead of
+    # decoding the envelope (the console's fold, for the deltas TurnRunner makes and never keeps).
+    given: JSON | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -143,12 +148,12 @@ class Event:
 
     @classmethod
     def sealed(cls, seq: int, stream: str, type: str, tail: bytes, turn: str | None = _UNREAD,
-               lane: str | None = _UNREAD) -> Event:
+               lane: str | None = _UNREAD, given: JSON | None = None) -> Event:
         """The event once its seq is known: the seq goes in front of the envelope `envelope_tail` encoded
-        (with the `turn` and `lane` it was given, when the caller has them at hand).
+        (with the `turn`, `lane` and `given` data it was made from, when the caller has them at hand).
         The decoded form is not kept: `data` was the caller's dict, which the caller may change after
         the append; readers decode the stored bytes instead, so every view agrees with the wire."""
-        return cls(seq, stream, type, b'{"seq":%d,%b' % (seq, tail), None, None, turn, lane)
+        return cls(seq, stream, type, b'{"seq":%d,%b' % (seq, tail), None, None, turn, lane, given)
 
     @classmethod
     def from_raw(cls, raw: bytes) -> Event:

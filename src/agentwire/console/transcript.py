@@ -71,8 +71,10 @@ class Transcript:
         kind = _DELTA_KINDS.get(event.type)
         if kind is not None:
             # The bulk of a live turn: a delta of a block already open only adds a part, so it is
-            # folded here without the dicts the general case builds (the turn is on the event).
-            data = event.data
+            # folded here without the dicts the general case builds (the turn is on the event), and,
+            # live, from the data TurnRunner made for it (a fresh dict of a str and an int it never
+            # keeps: the same as the stored bytes) instead of decoding them back.
+            data = event.given or event.data
             key = (event.turn or "", kind, int(data.get("block", 0)))
             entry = self._blocks.get(key)
             if entry is not None:

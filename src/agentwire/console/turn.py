@@ -164,6 +164,8 @@ class TurnRunner:
         self.clock.saw_output()
         await self.emit("thinking.done", {"block": block, "text": text})
 
+    # Delta data dicts are made here and never kept, nor changed: the session's fold reads them as
+    # given (`Event.given`) instead of decoding each delta's envelope.
     async def text(self, block: int, text: str) -> None:
         self.clock.saw_output()
         if self._agent_state != "writing":  # per delta: skip the call when the state stays

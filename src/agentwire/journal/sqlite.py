@@ -207,7 +207,7 @@ class SqliteJournal(AppendsOne, LocalLeases):
                 epoch, first, head = heads.get(name) or cached.get(name) or (self._epoch, 1, 0)
                 seq = head + 1
                 heads[name] = (epoch, first, seq)
-                event = Event.sealed(seq, name, item.type, tail, item.turn, item.lane)
+                event = Event.sealed(seq, name, item.type, tail, item.turn, item.lane, item.data)
                 events.append(event)
                 row = rows.get(name)
                 if row is None or len(row.spans) >= ROW_EVENTS:
