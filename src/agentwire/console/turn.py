@@ -33,6 +33,15 @@ class TurnServices:
     config: Config
 
 
+# A group-commit window, as databases have (PostgreSQL's commit_delay): while a turn streams (its last
+# batch had at least STREAMING_BATCH events), the next commit waits GATHER_S for more of its events,
+# so a transaction carries ~100 deltas instead of ~25. Each commit's fixed cost (the thread hop, the
+# transaction, the wake-ups) dominated a fast turn: 87k → 114k events/s on the turn bench. A turn's
+# first event, a slow one's every event, and a flush (permission request, the turn's end) never wait.
+GATHER_S = 0.001
+STREAMING_BATCH = 16
+
+
 class _EventWriter:
     """Appends a turn's events in order without making the agent wait for each commit.
 
@@ -51,6 +60,7 @@ class _EventWriter:
         self._drained = asyncio.Event()
         self._drained.set()
         self._error: BaseException | None = None
+        self._flushing = False
         self._task = asyncio.create_task(self._run(), name="turn events")
 
     async def put(self, item: Append) -> None:
@@ -64,16 +74,24 @@ class _EventWriter:
         self._wake.set()
 
     async def flush(self) -> None:
-        await self._drained.wait()
+        self._flushing = True
+        try:
+            await self._drained.wait()
+        finally:
+            self._flushing = False
         if self._error is not None:
             raise self._error
 
     async def _run(self) -> None:
+        streaming = False
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._items and self._error is None:
+                if streaming and not self._flushing:
+                    await asyncio.sleep(GATHER_S)
                 batch, self._items = self._items, []
+                streaming = len(batch) >= STREAMING_BATCH
                 self._space.set()
                 try:
                     await self.hub.append_many(batch)
