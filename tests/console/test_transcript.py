@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +47,19 @@ def test_transcript_has_one_entry_per_message() -> None:
     assert transcript.state["agent_state"] == "idle"
     assert [(m.role, m.content) for m in transcript.history("main")] == [("user", "hi"), ("assistant", "Hello\n\nbye")]
     assert transcript.history("main", before_turn="t1") == []
+
+
+def test_a_live_fold_from_the_given_data_equals_the_fold_of_the_stored_bytes() -> None:
+    """The server folds live deltas from the data TurnRunner handed over (`Event.given`); the same
+    events read back (no given data, decoded from the envelope) fold to the same transcript."""
+    live, stored = Transcript(), Transcript()
+    for event in _events(TURN):
+        stored.apply(Event(event.seq, event.stream, event.type, event.raw))
+        assert event.given is None
+        event.given = orjson.loads(event.raw)["data"]
+        live.apply(event)
+    assert live.entries == stored.entries and live.seq == stored.seq == len(TURN)
+    assert [e.get("text") for e in live.entries if e["kind"] == "text"] == ["Hello", "bye"]
 
 
 def test_catch_up_fold_keeps_order_and_replaces_finished_deltas() -> None:

@@ -195,5 +195,11 @@ def test_listener_gets_the_same_bytes_that_are_read_back(journal_at: Any) -> Non
                                 "turn": "t_1", "lane": "quick", "data": data}
             assert b"\n" not in read.raw  # compact JSON: one SSE data line is enough
             assert read.turn == "t_1" and read.lane == "quick" and read.data == data
+            # The live event knows its turn and lane without decoding; they are the stored ones, and
+            # an event without them says so (not "not read yet").
+            assert (seen[0].turn, seen[0].lane) == (returned.turn, returned.lane) == ("t_1", "quick")
+            await journal.watch("v")
+            bare = await journal.append(Append("v", "e", {}))
+            assert (bare.turn, bare.lane) == (None, None) and b'"turn"' not in bare.raw
 
     run(main())
