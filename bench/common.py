@@ -193,3 +193,15 @@ def request_json(port: int, method: str, path: str, timeout: float) -> dict[str,
     """A bench endpoint's JSON answer (the servers under test all offer the same bench routes)."""
     result: dict[str, Any] = call_json(port, method, path, timeout=timeout)
     return result
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` load clients over at most `parts` processes, as evenly as they go."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def percentile(sorted_values: list[int], q: float) -> float:
+    """The nearest-rank percentile `q` (0..1) of values sorted ascending."""
+    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
+    return float(sorted_values[index])
