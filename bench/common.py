@@ -13,6 +13,7 @@ Each published event's data is `{"bts": <publish time, time.time_ns()>, "i": <in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import http.client
 import json
@@ -66,6 +67,21 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(5)
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
+    """End a server started in a session of its own and everything it started: SIGTERM to its
+    process group, then SIGKILL if it is still there after `grace` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
 
 

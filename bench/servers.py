@@ -3,9 +3,6 @@ started fresh for every case in its own session, so that it and anything it star
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +20,7 @@ from common import (
     request_json,
     rss_bytes,
     server_argv,
+    stop_group,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -112,17 +110,7 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(self.proc)
 
     def request(self, method: str, path: str, timeout: float) -> dict[str, Any]:
         return request_json(self.port, method, path, timeout)
