@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +48,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # the checkout, for tests.support (as bench_redis.py does)
 
 from bench_redis import _append  # noqa: E402
-from common import PublishSpec, cpu_seconds, die_with_parent, raise_nofile, request_json  # noqa: E402
+from common import PublishSpec, cpu_seconds, die_with_parent, percentile, raise_nofile, request_json, stop_group  # noqa: E402
 from load_clients import Clients  # noqa: E402
 from sse_client import ClientSpec, latencies_from  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
@@ -170,17 +169,7 @@ class Node:
             return ""
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(self.proc)
 
 
 @contextlib.contextmanager
@@ -200,11 +189,6 @@ def cluster(workdir: Path, count: int) -> Iterator[tuple[RedisServer, list[Node]
 
 
 # --------------------------------------------------------------------------- measurements
-
-
-def percentile(sorted_values: list[int], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
-    return float(sorted_values[index])
 
 
 def append_throughput(redis_url: str, processes: int, batch: int, tasks: int, events: int) -> dict[str, Any]:

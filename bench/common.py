@@ -13,6 +13,7 @@ Each published event's data is `{"bts": <publish time, time.time_ns()>, "i": <in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import http.client
 import json
@@ -66,6 +67,21 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(5)
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
+    """End a server started in a session of its own and everything it started: SIGTERM to its
+    process group, then SIGKILL if it is still there after `grace` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
 
 
@@ -193,3 +209,15 @@ def request_json(port: int, method: str, path: str, timeout: float) -> dict[str,
     """A bench endpoint's JSON answer (the servers under test all offer the same bench routes)."""
     result: dict[str, Any] = call_json(port, method, path, timeout=timeout)
     return result
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` load clients over at most `parts` processes, as evenly as they go."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def percentile(sorted_values: list[int], q: float) -> float:
+    """The nearest-rank percentile `q` (0..1) of values sorted ascending."""
+    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
+    return float(sorted_values[index])

@@ -19,245 +19,34 @@ A case is one function `(Context) -> Table` registered in `CASES`; add new ones 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import os
-import platform
-import shlex
 import shutil
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import (
-    HttpStatusError,
     PublishSpec,
-    cpu_seconds,
-    die_with_parent,
+    percentile,
     pin_clients,
     raise_nofile,
-    request_json,
-    rss_bytes,
-    server_argv,
+    split,
 )
 from load_clients import Clients
+from report import Table, busy, load_average, median, ratio, render, report
+from servers import HOST, TARGETS, Server, Target
 from sse_client import ClientSpec, latencies_from
 
 BENCH_DIR = Path(__file__).resolve().parent
-HOST = "127.0.0.1"
-Value = float | str | None
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- targets and servers
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    script: str
-    stream_path: Callable[[int | None], str]  # the SSE path, from an optional `from` position
-    replay: bool  # can serve a stream from an old position (journal or in-memory history)
-    extra_args: Callable[[Path], list[str]] = lambda workdir: []
-
-
-def _from(path: str, position: int | None) -> str:
-    return path if position is None else f"{path}?from={position}"
-
-
-TARGETS = [
-    Target("agentwire", "agentwire_server.py", lambda p: _from("/api/stream/tasks", p), replay=True,
-           extra_args=lambda workdir: ["--journal", f"sqlite:///{workdir / 'bench.db'}"]),
-    Target("baseline", "ref_baseline.py", lambda p: "/stream", replay=False),
-    Target("limit", "ref_limit.py", lambda p: _from("/stream", p), replay=True),
-]
-
-
-class ServerError(RuntimeError):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    """A target's server process, in its own session so that it and anything it starts can be ended."""
-
-    def __init__(self, target: Target, workdir: Path) -> None:
-        self.target = target
-        self.workdir = workdir / f"{target.name}-{time.monotonic_ns()}"
-        self.workdir.mkdir()
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.workdir / "server.log"
-
-    def __enter__(self) -> Server:
-        argv = server_argv([sys.executable, str(BENCH_DIR / self.target.script), "--host", HOST,
-                            "--port", str(self.port), *self.target.extra_args(self.workdir)])
-        with open(self.log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=BENCH_DIR, start_new_session=True, preexec_fn=die_with_parent)
-        try:
-            self._wait_ready(30.0)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _wait_ready(self, timeout: float) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise ServerError(f"{self.target.name} exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                self.request("GET", "/bench/stats", timeout=2.0)
-                return
-            except (OSError, ServerError, HttpStatusError):
-                if time.monotonic() > deadline:
-                    raise ServerError(
-                        f"{self.target.name} not ready after {timeout:.0f} s: {self.log_tail()}") from None
-                time.sleep(0.1)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-    def request(self, method: str, path: str, timeout: float) -> dict[str, Any]:
-        return request_json(self.port, method, path, timeout)
-
-    def publish(self, spec: PublishSpec, timeout: float) -> dict[str, Any]:
-        return self.request("POST", f"/bench/publish?{spec.query()}", timeout)
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def rss(self) -> int:
-        return rss_bytes(self.pid)
-
-
-# --------------------------------------------------------------------------- load client processes
-
-
-def split(total: int, parts: int) -> list[int]:
-    parts = max(1, min(parts, total))
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class Row:
-    label: str
-    values: dict[str, Value]
-    fmt: str = "{:,.0f}"
-    ratio: bool = True  # show agentwire : baseline
-
-
-@dataclass
-class Table:
-    case: str
-    title: str
-    goal: str
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    goals: list[tuple[str, str, bool | None]] = field(default_factory=list)  # goal, measured, met
-
-    def row(self, label: str, fmt: str = "{:,.0f}", ratio: bool = True) -> Row:
-        row = Row(label, {}, fmt, ratio)
-        self.rows.append(row)
-        return row
-
-    def check(self, goal: str, value: Value, fmt: str, met: Callable[[float], bool]) -> None:
-        """A target of the issue, checked against agentwire's figure (reported, never asserted)."""
-        ok = met(value) if isinstance(value, float | int) else None
-        self.goals.append((goal, fmt_value(value, fmt), ok))
-
-    def fail(self, target: str, error: BaseException) -> None:
-        for row in self.rows:
-            row.values.setdefault(target, "error")
-        message = str(error).strip().replace("\n", " ⏎ ")
-        self.notes.append(f"{target}: error: {type(error).__name__}: {message[:600]}")
-
-
-def fmt_value(value: Value, fmt: str) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, str):
-        return value
-    return fmt.format(value)
-
-
-def render(table: Table, targets: list[str]) -> str:
-    columns = [*targets, "agentwire : baseline"] if {"agentwire", "baseline"} <= set(targets) else targets
-    lines = [f"### {table.title}", "", table.goal, "",
-             "| metric | " + " | ".join(columns) + " |",
-             "|---|" + "---:|" * len(columns)]
-    for row in table.rows:
-        cells = [fmt_value(row.values.get(t), row.fmt) for t in targets]
-        if len(columns) > len(targets):
-            r = ratio(row, "agentwire", "baseline") if row.ratio else None
-            cells.append("" if r is None else f"{r:.2f}×")
-        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
-    if table.notes:
-        lines.append("")
-        lines.extend(f"- {note}" for note in table.notes)
-    return "\n".join(lines) + "\n"
-
-
-def ratio(row: Row, a: str, b: str) -> float | None:
-    x, y = row.values.get(a), row.values.get(b)
-    return x / y if isinstance(x, float | int) and isinstance(y, float | int) and y else None
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def percentile(sorted_values: list[int], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
-    return float(sorted_values[index])
 
 
 # --------------------------------------------------------------------------- cases
@@ -551,92 +340,6 @@ CASES = [
 ]
 
 
-# --------------------------------------------------------------------------- report
-
-
-def load_average() -> str:
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def _busy(load: str) -> bool:
-    """A 1-minute load average over half the cores: others compete with the benchmark for the CPU."""
-    try:
-        return float(load.split()[0]) > 0.5 * (os.cpu_count() or 1)
-    except (ValueError, IndexError):
-        return False
-
-
-def machine() -> list[str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = "unknown"
-    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    versions = []
-    for package in ("agentwire", "fastapi", "starlette", "sse-starlette", "uvicorn", "uvloop", "httptools", "orjson"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions.append(f"{package} {metadata.version(package)}")
-    return [
-        f"- CPU: {cpu}, {os.cpu_count()} cores",
-        f"- RAM: {ram}",
-        f"- OS: {platform.system()} {platform.release()}",
-        f"- Python: {platform.python_implementation()} {platform.python_version()}",
-        f"- Packages: {', '.join(versions)}",
-        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-    ]
-
-
-def command_line() -> str:
-    python = os.path.relpath(sys.executable)
-    if python.startswith(".."):
-        python = "python"
-    script = os.path.relpath(sys.argv[0])
-    if script.startswith(".."):
-        script = "bench/run.py"
-    return shlex.join([python, script, *sys.argv[1:]])
-
-
-def report(tables: list[Table], targets: list[str], elapsed: float, load_before: str, pinned: str) -> str:
-    parts = [
-        "# agentwire benchmark results", "",
-        "Produced by `bench/run.py`; every figure beside the two references measured in the same run: "
-        "**baseline** = FastAPI + sse-starlette + one asyncio.Queue per client (uvicorn, uvloop, httptools); "
-        "**limit** = a bare asyncio server writing pre-encoded SSE frames. "
-        "Servers and load clients are separate processes on 127.0.0.1 of the same machine, so the clients "
-        "compete with the server for the cores.", "",
-        "Command:", "", "```", command_line(), "```", "",
-        "Machine:", "", *machine(),
-        f"- Load average (1, 5, 15 min) before the run: {load_before}; after: {load_average()}",
-        f"- Total run time: {elapsed:.0f} s",
-        f"- CPUs: {pinned}", "",
-        *([f"**Caution:** the machine was busy with other work (load average {load_before} on "
-           f"{os.cpu_count()} cores), so every process got a fraction of a core: wall-clock figures (events/s, "
-           "latency) are noisy and low; CPU-seconds and memory per connection are the more robust figures. "
-           "Rerun on a quiet machine before comparing against the goals.", ""]
-          if _busy(load_before) else []),
-        "## Goals (agentwire)", "",
-        "| goal | measured | met |", "|---|---:|:---:|",
-        *(f"| {goal} | {value} | {'n/a' if met is None else ('yes' if met else '**no**')} |"
-          for table in tables for goal, value, met in table.goals),
-        "",
-        "## Results", "",
-    ]
-    for table in tables:
-        parts.append(render(table, targets))
-    return "\n".join(parts)
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -700,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(args, workdir, targets)
     started = time.monotonic()
     load_before = load_average()
-    if _busy(load_before):
+    if busy(load_before):
         log(f"warning: the machine is busy (load average {load_before}): figures will be noisy")
     tables = []
     try:

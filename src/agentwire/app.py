@@ -140,7 +140,7 @@ def create_app(config: Config, journal: Journal | None = None) -> FastAPI:
     async def stream_tasks(request: Request) -> Response:
         c = ctx(request)
         return await stream_response(request, c.hub, TASKS_STREAM,
-                                     retry_ms=c.config.retry_ms, default_at_head=True)
+                                     retry_ms=c.config.retry_ms)
 
     @app.get("/healthz", tags=["ops"], responses={
         200: {"model": Health, "description": "The journal answers"},

@@ -19,10 +19,11 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from agentwire.background import TaskSet
+from agentwire.backoff import Backoff
 from agentwire.journal import AppendsOne, Journal
 from agentwire.metrics import Metrics
 from agentwire.resume import resolve
-from agentwire.types import JSON, Append, Event, Unavailable
+from agentwire.types import JSON, Append, Event, Unavailable, starts_at_head
 
 log = logging.getLogger("agentwire.hub")
 
@@ -353,7 +354,7 @@ class Subscription:
             self.close()
 
     async def _feed(self, replay: Replay | None) -> None:
-        delay = 0.25
+        backoff = Backoff(cap=5.0)
         while not self.closed:
             try:
                 await self._catch_up(replay)
@@ -361,8 +362,7 @@ class Subscription:
             except Unavailable:
                 # The journal is away (Redis restarting): the stream stays open and reads again
                 # from its last seq once the journal is back.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff.next_delay())
 
     async def _catch_up(self, replay: Replay | None) -> None:
         journal = self.hub.journal
@@ -530,10 +530,11 @@ class Hub(AppendsOne):
             self.metrics.slow_disconnects.inc()
 
     async def subscribe(self, stream: str, outbox: Outbox, framer: Framer, after: int | None, *,
-                        default_at_head: bool = False, only: EventTest | None = None,
+                        default_at_head: bool | None = None, only: EventTest | None = None,
                         until: EventTest | None = None, replay: Replay | None = None) -> Subscription:
         """Open a subscription: `stream.open` (and `stream.reset` if the position cannot be served),
-        then replay from the journal, then live."""
+        then replay from the journal, then live. With no position, the stream's own default start
+        (`types.starts_at_head`) unless `default_at_head` says otherwise."""
         self._watching[stream] = self._watching.get(stream, 0) + 1
         try:
             watched = await self.journal.watch(stream)
@@ -543,7 +544,8 @@ class Hub(AppendsOne):
             raise
         if watched > self.dispatched.get(stream, 0):
             self.dispatched[stream] = watched
-        start = resolve(position, after, default_at_head=default_at_head)
+        at_head = starts_at_head(stream) if default_at_head is None else default_at_head
+        start = resolve(position, after, default_at_head=at_head)
         outbox.put(framer.control(stream, "stream.open", {
             "epoch": position.epoch, "head": position.head, "from": start.after + 1,
             "heartbeat_ms": round(self.heartbeat * 1000)}))

@@ -179,7 +179,7 @@ async def _drop_connection(scope: Scope, receive: Receive) -> None:
 
 
 async def stream_response(request: Request, hub: Hub, stream: str, *, retry_ms: int,
-                          default_at_head: bool = False, after: int | None = None,
+                          after: int | None = None,
                           only: EventTest | None = None, until: EventTest | None = None,
                           replay: Replay | None = None, framer: Framer = SSE) -> EventStreamResponse:
     """Subscribe `stream` at the position the request asks for (§3 resume rules) and stream it.
@@ -192,7 +192,7 @@ async def stream_response(request: Request, hub: Hub, stream: str, *, retry_ms: 
     outbox = Outbox(hub.buffer_limit)
     hub.register(outbox, PING)
     try:
-        subscription = await hub.subscribe(stream, outbox, framer, after, default_at_head=default_at_head,
+        subscription = await hub.subscribe(stream, outbox, framer, after,
                                            only=only, until=until, replay=replay)
     except BaseException:
         hub.unregister(outbox)

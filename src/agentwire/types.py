@@ -27,6 +27,12 @@ def stream_session(stream: str) -> str | None:
     return stream[len(KONSOLE_PREFIX):] if stream.startswith(KONSOLE_PREFIX) else None
 
 
+def starts_at_head(stream: str) -> bool:
+    """Where a subscriber that names no position starts (DESIGN §3): the board from now (the page
+    loads its cards whole from `GET /api/tasks`), a session from its first event (the transcript)."""
+    return stream == TASKS_STREAM
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

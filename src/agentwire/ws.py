@@ -50,13 +50,13 @@ from agentwire.hub import Hub, Outbox, Sink, Subscription
 from agentwire.resume import MAX_SEQ, after_position
 from agentwire.types import (
     JSON,
-    KONSOLE_PREFIX,
     TASKS_STREAM,
     AgentwireError,
     Conflict,
     Event,
     ValidationFailed,
     loads_strict,
+    stream_session,
 )
 
 log = logging.getLogger("agentwire.ws")
@@ -303,16 +303,14 @@ class _Connection:
             raise AgentwireError(f"at most {self.config.max_subscriptions} subscriptions per connection",
                                  code="too_many_subscriptions", status=429, field="stream")
         after = after_position(frame.after, frame.from_)
-        if stream == TASKS_STREAM:
-            at_head = True
-        elif stream.startswith(KONSOLE_PREFIX):
-            at_head = False
-            await self.console.session(stream[len(KONSOLE_PREFIX):])
-        else:
+        session = stream_session(stream)
+        if session is not None:
+            await self.console.session(session)
+        elif stream != TASKS_STREAM:
             raise AgentwireError(f"unknown stream {stream[:80]!r}: use 'tasks' or 'konsole/<session>'",
                                  code="bad_stream", field="stream")
         self.subscriptions[stream] = await self.hub.subscribe(
-            stream, self.outbox, self.framer, after, default_at_head=at_head,
+            stream, self.outbox, self.framer, after,
             replay=CatchUpFold() if frame.fold else None)
         return {"stream": stream}
 

@@ -187,6 +187,25 @@ def test_gemini_settings_keep_the_machine_defaults_and_go_away(tmp_path: Path,
     assert not path.exists()
 
 
+def test_settings_where_others_may_write_are_named_as_gemini_cli_would_refuse_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    private = tmp_path / "a" / "b"
+    private.mkdir(parents=True)
+    for directory in (tmp_path, tmp_path / "a", private):
+        directory.chmod(0o700)
+    shared = private / "shared"
+    shared.mkdir(mode=0o700)
+    shared.chmod(0o777)
+    found = agent_mcp.writable_by_others(private)
+    # Above the test's own directories, only what the machine has (pytest's base is under /tmp).
+    assert found is None or found not in (tmp_path, tmp_path / "a", private)
+    assert agent_mcp.writable_by_others(shared / "cache") == shared  # a missing leaf is skipped
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    with agent_mcp.gemini_settings(McpServer("agentwire", ["run"]), {}):
+        pass
+    assert f"others may write to {shared}" in caplog.text
+
+
 def test_codex_credentials_follow_its_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CODEX_HOME", str(tmp_path))
     for name in ("OPENAI_API_KEY", "CODEX_API_KEY", "MY_KEY"):

@@ -182,7 +182,9 @@ def test_an_agent_that_does_not_stop_is_stopped_with_everything_it_started(env: 
 
     events = _sleeping_turn(env, "frozen", freeze)
     assert events[-1]["type"] == "turn.cancelled"
-    assert cc.sleeping(env.home) == [] and frozen[0] not in cc.processes(env.home)
+    # Killed with everything it started (SIGKILL to its tag): gone once the kernel has reaped them.
+    eventually(lambda: cc.sleeping(env.home) == [] and frozen[0] not in cc.processes(env.home), timeout=5,
+               what="the frozen agent and its sleep are gone")
     # The next turn starts Claude Code again, on the same Claude session.
     env.fake.enqueue(fake.text("Back."))
     since = env.seen()

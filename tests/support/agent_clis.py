@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from agentwire.config import Config
+from agentwire.providers.agent_mcp import writable_by_others
 from tests.fakes import openai_responses
 from tests.fakes.llm_servers import FakeLLMServer, RecordedRequest
 from tests.support.paths import ROOT
@@ -122,12 +124,20 @@ def prepared_home(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Agent
         yield home
 
 
+def _real_home() -> Path:
+    """The user's own home from the password database: the tests point `HOME` at a temporary one."""
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+
+
 @contextlib.contextmanager
 def private_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """`XDG_CACHE_HOME` in a directory no other user may write to, up to the root: Gemini CLI ignores
-    system settings files anywhere else (and the tests' temporary directories are under /tmp)."""
-    base = ROOT / ".pytest_cache"
-    base.mkdir(exist_ok=True)
+    system settings files anywhere else. The tests' temporary directories are under /tmp, and so may
+    be the checkout itself (a CI clone): then the user's own cache, which is private."""
+    base = next((candidate for candidate in (ROOT / ".pytest_cache", _real_home() / ".cache" / "agentwire-tests")
+                 if writable_by_others(candidate.parent) is None), None)
+    assert base is not None, "no directory private up to the root for Gemini CLI's settings file"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base) as directory:
         monkeypatch.setenv("XDG_CACHE_HOME", directory)
         yield Path(directory)

@@ -22,6 +22,7 @@ try:
 except ImportError:  # pragma: no cover - redis[hiredis] installs it
     _c_pack = None  # type: ignore[assignment]
 
+from agentwire.backoff import Backoff
 from agentwire.journal import AppendsOne, Listener, pass_on
 from agentwire.journal.group_commit import GroupCommit, Pending
 from agentwire.types import JSON, Append, Event, StreamPosition, Unavailable, envelope_tail, now_ms
@@ -398,7 +399,7 @@ class RedisJournal(AppendsOne):
             await asyncio.sleep(0.002)  # the XREAD was not blocking in Redis yet
 
     async def _read_loop(self) -> None:
-        delay = RECONNECT_MIN
+        backoff = Backoff(RECONNECT_MIN, RECONNECT_MAX)
         failing = False
         while not self._closed:
             client = self._client("agentwire-reader")
@@ -410,14 +411,13 @@ class RedisJournal(AppendsOne):
                 if failing:
                     log.warning("Redis journal reader is back")
                     failing = False
-                delay = RECONNECT_MIN
+                backoff.reset()
                 await self._read_live(client)
             except (RedisError, OSError, Unavailable) as exc:
                 if not failing:
                     log.warning("Redis journal reader lost its connection (%s); reconnecting", exc)
                     failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX)
+                await asyncio.sleep(backoff.next_delay())
             finally:
                 self._reader_id = None
                 await client.aclose()

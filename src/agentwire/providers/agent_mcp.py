@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agentwire.providers import TurnIO
+
+log = logging.getLogger("agentwire.providers")
 
 NAME = "agentwire"
 GEMINI_DEFAULTS_VARIABLE = "GEMINI_CLI_SYSTEM_DEFAULTS_PATH"
@@ -72,6 +75,16 @@ def toml(value: str | list[str]) -> str:
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
+def writable_by_others(path: Path) -> Path | None:
+    """The first of `path` and its parents that a group or other users may write to (Gemini CLI's
+    rule for a settings file it will read), or None when there is none."""
+    for directory in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            if directory.stat().st_mode & 0o022:
+                return directory
+    return None
+
+
 def cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agentwire"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -94,7 +107,11 @@ def gemini_settings(server: McpServer, env: dict[str, str]) -> Iterator[dict[str
         servers = settings["mcpServers"] = {}
     servers[server.name] = {"command": server.command[0], "args": server.command[1:], "env": server.env,
                             "trust": True}
-    handle, path = tempfile.mkstemp(prefix="gemini-", suffix=".json", dir=cache_dir())
+    directory = cache_dir()
+    if (insecure := writable_by_others(directory)) is not None:
+        log.warning("Gemini CLI will not read agentwire's MCP settings in %s: others may write to %s "
+                    "(set XDG_CACHE_HOME to a private directory)", directory, insecure)
+    handle, path = tempfile.mkstemp(prefix="gemini-", suffix=".json", dir=directory)
     try:
         with os.fdopen(handle, "w") as file:
             json.dump(settings, file)
