@@ -67,7 +67,8 @@ class MemoryJournal(AppendsOne, LocalLeases):
             found = self._streams.get(item.stream)
             seq = heads[item.stream] = heads.get(item.stream, found.head if found else 0) + 1
             tail = envelope_tail(item.stream, item.type, item.data, ts, item.turn, item.lane)
-            events.append(Event.sealed(seq, item.stream, item.type, tail, item.turn, item.lane, item.data))
+            # Not `given` data: the event is kept as the store, which must not hold the caller's dict.
+            events.append(Event.sealed(seq, item.stream, item.type, tail, item.turn, item.lane))
         for item, event in zip(items, events, strict=True):
             self._store(item, event)
         pass_on(self._listener, events)
