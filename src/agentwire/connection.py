@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from agentwire.hub import Flusher, Outbox, Sink
+from agentwire.outbox import Flusher, Outbox, Sink
 
 log = logging.getLogger("agentwire.connection")
 

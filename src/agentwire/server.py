@@ -63,7 +63,7 @@ class HttpProtocol(_NoticesLoss, HttpToolsProtocol):
       has read what is queued: a cut slow subscriber (which stopped reading) would hold its socket
       open, in CLOSE-WAIT once it leaves, and every cut would log "ASGI callable returned without
       completing response".
-    - `scope["extensions"]["agentwire.sink"]["sink"]()`: a `hub.Sink` that writes body bytes of
+    - `scope["extensions"]["agentwire.sink"]["sink"]()`: a `outbox.Sink` that writes body bytes of
       the started response straight to the socket (chunk-framed as uvicorn would), so the hub's
       flusher delivers to every stream in one pass per loop tick, without a writer task or the ASGI
       send chain per message; the connection's loss aborts the outbox attached to it.
@@ -141,7 +141,7 @@ class _Sink(_SocketSink):
 
 class WsProtocol(_NoticesLoss, WebSocketsSansIOProtocol):
     """uvicorn's websockets (sans-I/O) protocol, offering the `agentwire.sink` extension too: a
-    `hub.Sink` that writes complete WebSocket frames (built once per event and shared, `ws.py`)
+    `outbox.Sink` that writes complete WebSocket frames (built once per event and shared, `ws.py`)
     straight to the socket, on a connection that negotiated no extension (no compression)."""
 
     def handle_connect(self, event: WsRequest) -> None:

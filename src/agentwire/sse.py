@@ -12,7 +12,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from agentwire.connection import BodySink, body_sink_of, serve, sink_of
-from agentwire.hub import EventTest, Flusher, Framer, Hub, Outbox, Replay
+from agentwire.hub import EventTest, Hub, Replay
+from agentwire.outbox import Flusher, Framer, Outbox
 from agentwire.resume import requested_after
 from agentwire.types import JSON, Event
 

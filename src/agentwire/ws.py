@@ -46,7 +46,8 @@ from agentwire.console import Console
 from agentwire.console.lanes import Lane, TurnIn
 from agentwire.console.permissions import DecisionIn
 from agentwire.console.transcript import CatchUpFold
-from agentwire.hub import Hub, Outbox, Sink, Subscription
+from agentwire.hub import Hub, Subscription
+from agentwire.outbox import Outbox, Sink
 from agentwire.resume import MAX_SEQ, after_position
 from agentwire.types import (
     JSON,

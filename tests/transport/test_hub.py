@@ -13,11 +13,12 @@ import orjson
 import pytest
 
 from agentwire.client import SseMessage, SseParser
-from agentwire.hub import REPLAY_PAGE, Flusher, Hub, Outbox
+from agentwire.hub import REPLAY_PAGE, Hub
 from agentwire.journal import Journal
 from agentwire.journal.memory import MemoryJournal
 from agentwire.journal.sqlite import SqliteJournal
 from agentwire.metrics import Metrics
+from agentwire.outbox import Flusher, Outbox
 from agentwire.sse import SSE
 from agentwire.types import Append, Event
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from agentwire.types import JSON, AgentwireError, Event, session_stream
 
 if TYPE_CHECKING:
-    from agentwire.hub import Outbox
+    from agentwire.outbox import Outbox
 
 Lane = Literal["main", "quick"]
 IfBusy = Literal["queue", "reject"]

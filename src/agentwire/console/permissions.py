@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentwire.console.lanes import Turn
 from agentwire.console.transcript import Transcript
-from agentwire.hub import Hub, Outbox
+from agentwire.hub import Hub
+from agentwire.outbox import Outbox
 from agentwire.providers import Permission
 from agentwire.types import (
     JSON,
