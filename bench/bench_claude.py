@@ -38,7 +38,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # the checkout, for tests.fakes and tests.support
 
-from common import call_json, die_with_parent, free_port, stop_process  # noqa: E402
+from common import call_json, healthy_server  # noqa: E402
 from tests.fakes.llm_servers import FakeLLMServer, text  # noqa: E402
 from tests.support.claude_code import BUNDLED, MODEL, VERSION, agents, claude_env, make_home, processes  # noqa: E402
 from tests.support.eventually import eventually  # noqa: E402
@@ -50,26 +50,11 @@ ANSWER = "The journal keeps every event, in order, exactly once."
 
 @contextmanager
 def _server(workdir: Path, env: dict[str, str], quick_pool: int) -> Iterator[int]:
-    port = free_port()
-    log = open(workdir / f"server-{port}.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port), "--quick-pool", str(quick_pool),
-         "--journal", f"sqlite:///{workdir / f'claude-{port}.db'}"],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                call_json(port, "GET", "/healthz", timeout=1)
-                break
-            except OSError as exc:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"the bench server did not start: {Path(log.name).read_text()[-500:]}") from exc
-                time.sleep(0.1)
+    argv = lambda port: [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port),  # noqa: E731
+                         "--quick-pool", str(quick_pool), "--journal", f"sqlite:///{workdir / f'claude-{port}.db'}"]
+    # Not pinned: the agent CLIs it starts share the machine with it, as they do in use.
+    with healthy_server(argv, workdir, "claude", env={**os.environ, **env}, pin=False) as (port, _):
         yield port
-    finally:
-        stop_process(proc, 20)
-        log.close()
 
 
 def _first_text_ms(port: int, session: str, message: str, lane: str = "main") -> float:

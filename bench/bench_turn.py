@@ -23,10 +23,8 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,17 +33,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from common import call_json, die_with_parent, free_port, raise_nofile, stop_process
+from common import call_json, healthy_server, pin_clients, pinning, raise_nofile
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
 TARGETS = ("agentwire", "baseline", "limit")
-SERVER_CPU, CLIENT_CPU = 0, 1
 WORD = "journaled "  # about one word per delta, as the scripted agent streams
-
-
-def _pinning() -> bool:
-    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
 
 def _turn_events(deltas: int) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -161,27 +154,10 @@ def serve_agentwire(port: int, journal: str) -> None:
 @contextmanager
 def _server(target: str, workdir: Path) -> Iterator[tuple[int, int]]:
     """A target's server process, pinned to its core; yields (port, pid)."""
-    port = free_port()
-    argv = [sys.executable, str(Path(__file__).resolve()), "serve", target, "--port", str(port),
-            "--journal", f"sqlite:///{workdir / f'turn-{port}.db'}"]
-    if _pinning():
-        argv = ["taskset", "-c", str(SERVER_CPU), *argv]
-    log = open(workdir / f"server-{target}-{port}.log", "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=BENCH_DIR, preexec_fn=die_with_parent)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                call_json(port, "GET", "/healthz", timeout=1)
-                break
-            except OSError as exc:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{target} did not start: {Path(log.name).read_text()[-500:]}") from exc
-                time.sleep(0.1)
+    argv = lambda port: [sys.executable, str(Path(__file__).resolve()), "serve", target, "--port", str(port),  # noqa: E731
+                         "--journal", f"sqlite:///{workdir / f'turn-{port}.db'}"]
+    with healthy_server(argv, workdir, target, cwd=BENCH_DIR) as (port, proc):
         yield port, proc.pid
-    finally:
-        stop_process(proc, 20)
-        log.close()
 
 
 # --------------------------------------------------------------------------- the viewer
@@ -261,8 +237,7 @@ def measure(target: str, deltas: int, repeats: int, workdir: Path, notes: list[s
 
 def run(deltas: int = 200_000, repeats: int = 3, targets: tuple[str, ...] = TARGETS,
         workdir: Path | None = None, notes: list[str] | None = None) -> dict[str, list[float]]:
-    if _pinning():
-        os.sched_setaffinity(0, {CLIENT_CPU})
+    pin_clients()
     with tempfile.TemporaryDirectory(prefix="bench-turn-") as tmp:
         base = workdir or Path(tmp)
         return {target: measure(target, deltas, repeats, base, [] if notes is None else notes)
@@ -277,7 +252,7 @@ def case_turn(ctx: Any, table_class: Any) -> Any:
                         "from `POST /api/konsole/{s}/stream` over a raw socket; events/s from sending the POST to the "
                         f"turn's last event, median of {repeats}. agentwire journals every event (SQLite, WAL) "
                         "before delivering it; the references hold nothing. "
-                        + ("Server and client pinned to separate cores. " if _pinning() else "")
+                        + ("Server and client pinned to separate cores. " if pinning() else "")
                         + "Target: agentwire ≥ 2.5× baseline.")
     row = table.row("events/s")
     runs = table.row("runs", fmt="{}", ratio=False)
@@ -329,7 +304,7 @@ def main() -> None:
               + ", ".join(f"{r:,.0f}" for r in rates))
     if "agentwire" in results and "baseline" in results:
         ratio = statistics.median(results["agentwire"]) / statistics.median(results["baseline"])
-        print(f"agentwire : baseline = {ratio:.2f}x (pinned: {_pinning()})")
+        print(f"agentwire : baseline = {ratio:.2f}x (pinned: {pinning()})")
 
 
 if __name__ == "__main__":

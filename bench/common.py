@@ -24,8 +24,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -85,6 +86,34 @@ def stop_group(proc: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
         proc.wait(5)
 
 
+@contextlib.contextmanager
+def healthy_server(argv_for: Callable[[int], list[str]], log_dir: Path, what: str,
+                   env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                   pin: bool = True) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """Start the server `argv_for(port)` on a free port (on the server's core when `pin`), wait for
+    its `/healthz`, yield (port, process); SIGTERM (then SIGKILL) on the way out. Its output goes to
+    `log_dir/server-<what>-<port>.log`."""
+    port = free_port()
+    with open(log_dir / f"server-{what}-{port}.log", "wb") as log:
+        argv = server_argv(argv_for(port)) if pin else argv_for(port)
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log,
+                                stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    call_json(port, "GET", "/healthz", timeout=1)
+                    break
+                except OSError as exc:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        tail = Path(log.name).read_text(errors="replace")[-500:]
+                        raise RuntimeError(f"{what} did not start: {tail}") from exc
+                    time.sleep(0.1)
+            yield port, proc
+        finally:
+            stop_process(proc, 20)
+
+
 def raise_nofile() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit (thousands of sockets); returns the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -103,17 +132,20 @@ def raise_nofile() -> int:
 # forked) and `server_argv` (every server a case starts). Without taskset, or on one core, nothing
 # is pinned and the report says so.
 SERVER_CPU = 0
+# The CPUs this run may use, read before `pin_clients` narrows this process to the clients' ones
+# (read after it, one CPU would look like a single-core machine and the servers would share it).
+_CPUS = frozenset(os.sched_getaffinity(0))
 
 
 def pinning() -> bool:
-    return shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
+    return shutil.which("taskset") is not None and len(_CPUS) >= 2 and SERVER_CPU in _CPUS
 
 
 def pin_clients() -> str:
     """Move this process (and so the clients it forks later) off the server's core; says what it did."""
     if not pinning():
         return "not pinned (no taskset or a single core)"
-    cpus = os.sched_getaffinity(0) - {SERVER_CPU}
+    cpus = set(_CPUS - {SERVER_CPU})
     os.sched_setaffinity(0, cpus)
     return f"pinned: server on CPU {SERVER_CPU} (taskset), load clients on CPU {','.join(map(str, sorted(cpus)))}"
 
