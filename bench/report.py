@@ -153,6 +153,8 @@ def report(tables: list[Table], targets: list[str], elapsed: float, load_before:
         "**limit** = a bare asyncio server writing pre-encoded SSE frames. "
         "Servers and load clients are separate processes on 127.0.0.1 of the same machine, so the clients "
         "compete with the server for the cores.", "",
+        "Why the figures are what they are — the profiles behind them and the targets missed: "
+        "[NOTES.md](NOTES.md).", "",
         "Command:", "", "```", command_line(), "```", "",
         "Machine:", "", *machine(),
         f"- Load average (1, 5, 15 min) before the run: {load_before}; after: {load_average()}",

@@ -177,6 +177,9 @@ def test_an_agent_that_does_not_stop_is_stopped_with_everything_it_started(env: 
     frozen: list[int] = []
 
     def freeze() -> None:  # it can answer neither the interrupt nor SIGINT
+        # Claude Code writes its transcript in the background: what a process frozen and killed had
+        # not written yet is lost to its own --resume, whoever runs it. Freeze it once it has.
+        eventually(lambda: cc.transcribed(env.home, "Wait for it"), timeout=10, what="Claude Code's transcript")
         frozen.append(_live_agent(env, cwd, warm))
         os.kill(frozen[0], signal.SIGSTOP)
 

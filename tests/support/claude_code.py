@@ -110,6 +110,13 @@ def sleeping(home: Path) -> list[int]:
     return [pid for pid, cmd in processes(home).items() if cmd.startswith("sleep 300")]
 
 
+def transcribed(home: Path, text: str) -> bool:
+    """Whether Claude Code has written `text` into one of its session transcripts under `home`
+    (`~/.claude/projects/<cwd>/<session>.jsonl`, what `--resume` reads back)."""
+    return any(text in path.read_text(errors="replace")
+               for path in (home / ".claude" / "projects").glob("*/*.jsonl"))
+
+
 def _cwd(pid: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/cwd")
