@@ -26,7 +26,6 @@ from agentwire.types import (
     NotFound,
     ValidationFailed,
     session_stream,
-    stream_session,
 )
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -108,6 +107,7 @@ class Sessions:
         # Session documents never change once created, so one read per process is enough.
         self._docs: dict[str, JSON] = {}
         self._views: dict[str, Transcript] = {}
+        self._views_by_stream: dict[str, Transcript] = {}  # the same folds, for `_fold_live` per event
         hub.observers.append(self._fold_live)
 
     async def create(self, body: SessionIn) -> JSON:
@@ -175,14 +175,15 @@ class Sessions:
     def _fold_live(self, event: Event) -> None:
         """Keep cached folds current as events pass, so retention trimming the journal cannot take
         events out of a session's transcript before anyone asked for it."""
-        name = stream_session(event.stream)
-        view = self._views.get(name) if name is not None else None
+        view = self._views_by_stream.get(event.stream)
         if view is not None and event.seq == view.seq + 1:
             view.apply(event)
 
     async def view(self, name: str) -> Transcript:
         """The session's fold, brought up to the journal's head (cached; only new events are read)."""
-        view = self._views.setdefault(name, Transcript())
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = self._views_by_stream[session_stream(name)] = Transcript()
         while True:
             page = await self.hub.journal.read(session_stream(name), view.seq, _PAGE)
             for event in page:
