@@ -215,8 +215,16 @@ class Permissions:
             if remember:
                 data["remember"] = True
                 data["rule"] = rule_for(request["tool"], request.get("input") or {})
-            event = await self.hub.append(Append(session_stream(session), "permission.decided", data,
-                                                 turn=request["turn"], lane=request["lane"]))
+            write = asyncio.ensure_future(self.hub.append(Append(
+                session_stream(session), "permission.decided", data, turn=request["turn"], lane=request["lane"])))
+            try:
+                event = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # A write handed to the journal goes on when its caller is cancelled (an agent SDK
+                # cancels the permission callback it interrupts): hold the lease until it is stored,
+                # or the next answer would read the request as pending and answer it a second time.
+                await asyncio.wait([write])
+                raise
         finally:
             await self.hub.journal.release(key, owner)
         return {**data, "session": session, "seq": event.seq}
