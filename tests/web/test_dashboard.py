@@ -196,11 +196,13 @@ def test_measure_first_token_and_catch_up(dashboard: ServerProcess, browser: Bro
         1 if transport == "ws" else 0)
 
     session = unique_name("catchup")
-    create_session(dashboard.url, session, deltas=10_000, delay_ms=0, tool_calls=0)
+    # Paced (1 ms a delta, ~5 s): unpaced, the whole turn reaches the page before the cut, and there
+    # is nothing to catch up on.
+    create_session(dashboard.url, session, deltas=5_000, delay_ms=1, tool_calls=0)
     with TcpProxy(dashboard.port) as proxy:
         context = open_context(browser, contexts)
         cut = Dashboard.open(context, f"http://127.0.0.1:{proxy.port}", session, transport)
-        cut.send("A turn of ten thousand deltas")
+        cut.send("A turn of five thousand deltas")
         cut.wait_text("[50]")
         proxy.pause()
         proxy.drop_all(reset=True)
@@ -209,6 +211,7 @@ def test_measure_first_token_and_catch_up(dashboard: ServerProcess, browser: Bro
         assert cut.page.is_disabled("#input")
         state = wait_idle(dashboard.url, session)
         shown = cut.metrics()["paintedSeq"]
+        assert shown < state["head"]  # the cut came mid-turn: the page has events to catch up on
         cut.page.evaluate("addEventListener('online', () => { window.__onlineAt = performance.now() }, { once: true })")
         proxy.resume()
         context.set_offline(False)
@@ -221,5 +224,5 @@ def test_measure_first_token_and_catch_up(dashboard: ServerProcess, browser: Bro
     assert cut.lane_text() == fresh.lane_text()
     print(f"\n[{transport}] Enter → first assistant token painted: median {statistics.median(first_text):.1f} ms "
           f"(n={len(first_text)}, min {min(first_text):.1f}, max {max(first_text):.1f} ms)")
-    print(f"[{transport}] network restored → caught up on a 10,000-delta turn "
+    print(f"[{transport}] network restored → caught up on a 5,000-delta turn "
           f"({state['head'] - shown} events behind): {caught_up_ms:.0f} ms")
