@@ -143,6 +143,14 @@ def _sleeping_turn(env: Env, session: str, meanwhile: Callable[[], None], *, can
     return run_turn(env.url, session, "Wait for it", on_event=on_event)
 
 
+def _request_of(env: Env, since: int, message: str) -> dict[str, Any]:
+    """The first model request since `since` that carries `message`: the fake is shared by the module's
+    sessions, so another session's agent may have asked in between."""
+    found = [body for body in env.bodies(since) if message in cc.user_texts(body)]
+    assert found, f"no model request carried {message!r}"
+    return found[0]
+
+
 def _live_agent(env: Env, cwd: Path, warm: set[int]) -> int:
     """The session's main-lane Claude Code: its one process that is not the quick lane's warm worker."""
     (pid,) = set(cc.agents(env.home, cwd)) - warm
@@ -166,7 +174,7 @@ def test_cancel_during_a_bash_sleep_stops_the_tool_and_keeps_the_agent(env: Env)
     since = env.seen()
     after = run_turn(env.url, "cancel", "Go on")
     assert after[-1]["type"] == "turn.completed" and of(after, "agent.info")[0]["pid"] == pid
-    assert "Wait for it" in cc.user_texts(env.bodies(since)[0])
+    assert "Wait for it" in cc.user_texts(_request_of(env, since, "Go on"))
     assert pid in cc.agents(env.home, cwd)
 
 
@@ -178,8 +186,10 @@ def test_an_agent_that_does_not_stop_is_stopped_with_everything_it_started(env: 
 
     def freeze() -> None:  # it can answer neither the interrupt nor SIGINT
         # Claude Code writes its transcript in the background: what a process frozen and killed had
-        # not written yet is lost to its own --resume, whoever runs it. Freeze it once it has.
-        eventually(lambda: cc.transcribed(env.home, "Wait for it"), timeout=10, what="Claude Code's transcript")
+        # not written yet is lost to its own --resume, whoever runs it. Freeze it once it has written
+        # the exchange so far: the message and its Bash call.
+        eventually(lambda: cc.transcribed(env.home, "Wait for it") and cc.transcribed(env.home, cc.SLEEP),
+                   timeout=10, what="Claude Code's transcript")
         frozen.append(_live_agent(env, cwd, warm))
         os.kill(frozen[0], signal.SIGSTOP)
 
@@ -193,7 +203,7 @@ def test_an_agent_that_does_not_stop_is_stopped_with_everything_it_started(env: 
     since = env.seen()
     after = run_turn(env.url, "frozen", "Are you back?")
     assert after[-1]["type"] == "turn.completed" and of(after, "agent.info")[0]["pid"] != frozen[0]
-    assert "Wait for it" in cc.user_texts(env.bodies(since)[0])
+    assert "Wait for it" in cc.user_texts(_request_of(env, since, "Are you back?"))
 
 
 def test_a_crash_of_the_agent_fails_the_turn_and_leaves_no_tool(env: Env) -> None:
