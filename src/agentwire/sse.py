@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -15,7 +14,7 @@ from agentwire.connection import BodySink, body_sink_of, serve, sink_of
 from agentwire.hub import EventTest, Hub, Replay
 from agentwire.outbox import Flusher, Framer, Outbox
 from agentwire.resume import requested_after
-from agentwire.types import JSON, Event
+from agentwire.types import JSON, Event, control_envelope
 
 PING = b": ping\n\n"
 # The ASGI extension through which a response drops its connection at once (agentwire's uvicorn
@@ -31,18 +30,15 @@ HEADERS = [
 ]
 
 
-def sse_frame(event: Event) -> bytes:
-    """`id: <seq>\\nevent: <type>\\ndata: <envelope>\\n\\n`, built the first time and kept on the event.
+def _sse_bytes(event: Event) -> bytes:
+    """`id: <seq>\\nevent: <type>\\ndata: <envelope>\\n\\n`. The envelope is compact JSON, which never
+    holds a raw newline, so one `data:` line is enough."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), event.raw)
 
-    The envelope is compact JSON, which never holds a raw newline, so one `data:` line is enough.
-    """
-    frames = event.frames
-    if frames is None:
-        frames = event.frames = {}
-    frame = frames.get("sse")
-    if frame is None:
-        frame = frames["sse"] = b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), event.raw)
-    return frame
+
+def sse_frame(event: Event) -> bytes:
+    """An event's SSE frame, built the first time and kept on the event."""
+    return event.frame("sse", _sse_bytes)
 
 
 def sse_control(stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
@@ -51,7 +47,7 @@ def sse_control(stream: str, type: str, data: JSON, seq: int | None = None) -> b
     A reset carries `id: <head>`, so the browser's own Last-Event-ID moves past what was lost and
     the next automatic reconnect does not ask for the lost range again.
     """
-    body = orjson.dumps({"stream": stream, "type": type, "data": data})
+    body = control_envelope(stream, type, data)
     head = b"" if seq is None else b"id: %d\n" % seq
     return b"%sevent: %s\ndata: %s\n\n" % (head, type.encode(), body)
 
@@ -65,8 +61,7 @@ class SseFramer:
         return sse_frame(event)
 
     def events(self, events: Sequence[Event]) -> bytes:
-        return b"".join([b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), event.raw)
-                         for event in events])
+        return b"".join([_sse_bytes(event) for event in events])  # replayed: seen once, not cached
 
     def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
         return sse_control(stream, type, data, seq)

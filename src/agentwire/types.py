@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,12 @@ def envelope_tail(stream: str, type: str, data: JSON, ts: int, turn: str | None 
     return orjson.dumps(envelope)[1:]
 
 
+def control_envelope(stream: str, type: str, data: JSON) -> bytes:
+    """A message of a stream that is not journaled (`stream.open`, `stream.reset`): the envelope's
+    shape without seq or ts."""
+    return orjson.dumps({"stream": stream, "type": type, "data": data})
+
+
 # An event's turn or lane not read yet: events read back from a journal learn them from the envelope
 # when asked; events made at append time are given them.
 _UNREAD: Any = object()
@@ -195,6 +201,17 @@ class Event:
         if lane is _UNREAD:
             lane = self._lane = self.envelope.get("lane")
         return lane
+
+    def frame(self, transport: str, build: Callable[[Event], bytes]) -> bytes:
+        """This event framed for `transport`: built by `build` the first time, then kept on the
+        event, so every subscriber of that transport shares one frame."""
+        frames = self.frames
+        if frames is None:
+            frames = self.frames = {}
+        frame = frames.get(transport)
+        if frame is None:
+            frame = frames[transport] = build(self)
+        return frame
 
 
 @dataclass(slots=True)

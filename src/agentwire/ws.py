@@ -56,6 +56,7 @@ from agentwire.types import (
     Conflict,
     Event,
     ValidationFailed,
+    control_envelope,
     loads_strict,
     stream_session,
 )
@@ -81,13 +82,11 @@ def ws_frame(event: Event) -> bytes:
     The outbox holds bytes and a replay page arrives joined; compact JSON never holds a raw
     newline, so the writer cuts what it takes at newlines into one text frame per envelope.
     """
-    frames = event.frames
-    if frames is None:
-        frames = event.frames = {}
-    frame = frames.get("ws")
-    if frame is None:
-        frame = frames["ws"] = event.raw + b"\n"
-    return frame
+    return event.frame("ws", _line)
+
+
+def _line(event: Event) -> bytes:
+    return event.raw + b"\n"
 
 
 def ws_control(stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
@@ -96,7 +95,7 @@ def ws_control(stream: str, type: str, data: JSON, seq: int | None = None) -> by
     `seq` (the head, on a reset) is left out on purpose: a client that drops envelopes whose seq is
     not above its last one would drop a reset sent after a position from another epoch.
     """
-    return orjson.dumps({"stream": stream, "type": type, "data": data}) + b"\n"
+    return control_envelope(stream, type, data) + b"\n"
 
 
 def ws_wire(payload: bytes) -> bytes:
@@ -112,13 +111,11 @@ def ws_wire(payload: bytes) -> bytes:
 
 def ws_wire_frame(event: Event) -> bytes:
     """The envelope as a complete WebSocket frame, built the first time and kept on the event."""
-    frames = event.frames
-    if frames is None:
-        frames = event.frames = {}
-    frame = frames.get("ws-wire")
-    if frame is None:
-        frame = frames["ws-wire"] = ws_wire(event.raw)
-    return frame
+    return event.frame("ws-wire", _wire)
+
+
+def _wire(event: Event) -> bytes:
+    return ws_wire(event.raw)
 
 
 class WsFramer:
@@ -149,7 +146,7 @@ class WsWireFramer:
         return b"".join([ws_wire(event.raw) for event in events])  # replayed: seen once, not cached
 
     def control(self, stream: str, type: str, data: JSON, seq: int | None = None) -> bytes:
-        return ws_wire(orjson.dumps({"stream": stream, "type": type, "data": data}))
+        return ws_wire(control_envelope(stream, type, data))
 
 
 WS = WsFramer()
